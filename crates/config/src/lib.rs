@@ -1,0 +1,306 @@
+//! The topology file, `hastack.toml`: its types, parsing and validation.
+//!
+//! One file describes the whole site: the virtual IP, the ports, the nodes of each tier
+//! and per-tier settings. Every node process reads the same file and finds itself in it
+//! by name. Parsing is two steps: serde turns the text into a *raw* tree that keeps the
+//! source span of every value a later check may complain about, then [`validate`] checks
+//! the meaning (unique names and addresses, priorities, tiers with nodes…) and produces
+//! the plain [`Topology`] the rest of hastack uses. Every error names file, line and
+//! column, says what is wrong and what is expected.
+//!
+//! This crate does no I/O beyond reading the file it is given.
+
+mod raw;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::DEFAULT_TOPOLOGY;
+
+/// What a node does; one tier of the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Load balancer: holds the VIP (VRRP) and balances over web nodes.
+    Lb,
+    /// Web server: static files and reverse proxy to app nodes.
+    Web,
+    /// Application server: the site's business logic.
+    App,
+    /// Database server: one supervised `mariadbd`.
+    Db,
+}
+
+impl Role {
+    /// All roles, in the order traffic flows down the picture.
+    pub const ALL: [Role; 4] = [Role::Lb, Role::Web, Role::App, Role::Db];
+
+    /// The role's name as written in the topology file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Lb => "lb",
+            Role::Web => "web",
+            Role::App => "app",
+            Role::Db => "db",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the nodes of a topology reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// All nodes on one machine, each on its own 127.x.y.z address; VRRP over UDP unicast.
+    Loopback,
+}
+
+/// One node of the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Unique name, e.g. `web1`.
+    pub name: String,
+    /// Its tier.
+    pub role: Role,
+    /// The address every listener of this node binds.
+    pub address: Ipv4Addr,
+    /// VRRP priority (lb nodes only, 1..=254).
+    pub priority: Option<u8>,
+}
+
+/// Ports shared by every node of a tier (each node has its own address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// `/healthz` and `/metrics` on every node.
+    pub admin: u16,
+    /// HTTP on web nodes.
+    pub web: u16,
+    /// HTTP on app nodes.
+    pub app: u16,
+    /// MariaDB on db nodes.
+    pub db: u16,
+    /// VRRP adverts between lb nodes (loopback mode carries them in UDP).
+    pub vrrp: u16,
+}
+
+/// VRRP settings of the lb tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VrrpSettings {
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    /// Advertisement interval in centiseconds (1..=4095).
+    pub advert_interval_cs: u16,
+    /// Whether a higher-priority backup takes the VIP from a lower-priority master.
+    pub preempt: bool,
+}
+
+/// Active health checks of an upstream pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Time between two checks of one server.
+    pub interval: Duration,
+    /// A check that takes longer has failed.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a server back.
+    pub rise: u32,
+    /// Consecutive failures that take a server out.
+    pub fall: u32,
+}
+
+/// Web tier settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSettings {
+    /// Directory of static files; `None` serves the site built into the binary.
+    pub root: Option<PathBuf>,
+}
+
+/// Database tier settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSettings {
+    /// The node that starts as primary.
+    pub primary: String,
+    /// The `mariadbd` program (a name looked up in PATH and /usr/sbin, or a path).
+    pub mariadbd: String,
+    /// `innodb_buffer_pool_size` in MiB.
+    pub buffer_pool_mb: u32,
+    /// How long a commit on the primary waits for a replica's acknowledgement.
+    pub semi_sync_timeout: Duration,
+    /// The application's database.
+    pub database: String,
+    /// The application's user.
+    pub user: String,
+    /// The application's password.
+    pub password: String,
+    /// The replication user's password.
+    pub repl_password: String,
+}
+
+/// A validated topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// Where it was read from (`<built-in>` for the default).
+    pub source: PathBuf,
+    /// The site's host name, e.g. `www.foobar.com`.
+    pub site: String,
+    /// How nodes reach each other.
+    pub mode: Mode,
+    /// Where node state (datadirs, sockets, logs) lives.
+    pub state_dir: PathBuf,
+    /// The virtual IP the lb tier shares.
+    pub vip: Ipv4Addr,
+    /// The HTTP port on the VIP.
+    pub http_port: u16,
+    /// Ports per tier.
+    pub ports: Ports,
+    /// VRRP settings.
+    pub vrrp: VrrpSettings,
+    /// Health-check settings for every upstream pool.
+    pub health: HealthSettings,
+    /// Web tier settings.
+    pub web: WebSettings,
+    /// Database tier settings.
+    pub db: DbSettings,
+    /// All nodes, in file order.
+    pub nodes: Vec<Node>,
+}
+
+impl Topology {
+    /// The built-in default topology (the seed's).
+    pub fn default_topology() -> Topology {
+        match parse(DEFAULT_TOPOLOGY, Path::new("<built-in>")) {
+            Ok(t) => t,
+            // The default is a constant checked by a unit test.
+            Err(e) => panic!("built-in topology is invalid: {e}"),
+        }
+    }
+
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the topology file: {e}"),
+                help: Some("pass an existing file with --config, or omit --config to use the built-in topology (`hastack config` prints it)".into()),
+            }])
+        })?;
+        parse(&text, path)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The nodes of one tier, in file order.
+    pub fn tier(&self, role: Role) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(move |n| n.role == role)
+    }
+
+    /// The port a node of `role` serves its main protocol on.
+    pub fn service_port(&self, role: Role) -> u16 {
+        match role {
+            Role::Lb => self.http_port,
+            Role::Web => self.ports.web,
+            Role::App => self.ports.app,
+            Role::Db => self.ports.db,
+        }
+    }
+
+    /// The site's URL through the VIP.
+    pub fn site_url(&self) -> String {
+        format!("http://{}:{}/", self.vip, self.http_port)
+    }
+}
+
+/// One problem in a topology file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when the error is about the file as a whole).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and what was expected.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: error: {}", self.file.display(), self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: error: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )?;
+        }
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in a topology file (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates topology text; `file` is only used in error messages.
+pub fn parse(text: &str, file: &Path) -> Result<Topology, ConfigErrors> {
+    let raw: raw::RawTopology = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+                help: Some(raw::serde_help(e.message())),
+            }]));
+        }
+    };
+    raw::validate(raw, text, file)
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

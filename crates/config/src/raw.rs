@@ -1,0 +1,596 @@
+//! The file as serde reads it (with source spans), and the checks of its meaning.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use crate::{
+    ConfigError, ConfigErrors, DbSettings, HealthSettings, Mode, Node, Ports, Role, Topology,
+    VrrpSettings, WebSettings, line_col,
+};
+
+/// The seed topology: what `hastack up` runs without `--config`, and what
+/// `hastack config` prints.
+pub const DEFAULT_TOPOLOGY: &str = r#"# hastack topology: www.foobar.com on one machine.
+# Every node runs `hastack node NAME --config THIS_FILE`; `hastack up` runs them all.
+
+[site]
+name = "www.foobar.com"
+mode = "loopback"          # each node on its own 127.x.y.z address
+state_dir = ".hastack"     # datadirs, sockets and logs, relative to the working directory
+
+[vip]
+address = "127.0.0.100"    # the virtual IP that lb1 and lb2 share (VRRP)
+port = 8080                # the site's HTTP port on the VIP
+
+[ports]
+admin = 9100               # /healthz and /metrics on every node
+web = 8081
+app = 8082
+db = 3306
+vrrp = 5798                # VRRP adverts between lb nodes (UDP in loopback mode)
+
+[vrrp]
+vrid = 51
+advert_interval = 10       # centiseconds: 0.1 s adverts, takeover in about 0.35 s
+preempt = true
+
+[health]
+interval_ms = 200
+timeout_ms = 500
+rise = 2
+fall = 2
+
+[web]
+# root = "site"            # serve this directory instead of the built-in site
+
+[db]
+primary = "db1"
+mariadbd = "mariadbd"
+buffer_pool_mb = 64
+semi_sync_timeout_ms = 1000
+database = "foobar"
+user = "foobar"
+password = "foobar-dev-password"
+repl_password = "repl-dev-password"
+
+[[node]]
+name = "lb1"
+role = "lb"
+address = "127.0.1.1"
+priority = 150
+
+[[node]]
+name = "lb2"
+role = "lb"
+address = "127.0.1.2"
+priority = 100
+
+[[node]]
+name = "web1"
+role = "web"
+address = "127.0.2.1"
+
+[[node]]
+name = "web2"
+role = "web"
+address = "127.0.2.2"
+
+[[node]]
+name = "app1"
+role = "app"
+address = "127.0.3.1"
+
+[[node]]
+name = "app2"
+role = "app"
+address = "127.0.3.2"
+
+[[node]]
+name = "db1"
+role = "db"
+address = "127.0.4.1"
+
+[[node]]
+name = "db2"
+role = "db"
+address = "127.0.4.2"
+
+[[node]]
+name = "db3"
+role = "db"
+address = "127.0.4.3"
+"#;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTopology {
+    site: RawSite,
+    vip: RawVip,
+    #[serde(default)]
+    ports: RawPorts,
+    #[serde(default)]
+    vrrp: RawVrrp,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    web: RawWeb,
+    #[serde(default)]
+    db: RawDb,
+    #[serde(default)]
+    node: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: Spanned<String>,
+    #[serde(default = "default_mode")]
+    mode: Spanned<String>,
+    #[serde(default = "default_state_dir")]
+    state_dir: String,
+}
+
+fn default_mode() -> Spanned<String> {
+    Spanned::new(0..0, "loopback".to_string())
+}
+
+fn default_state_dir() -> String {
+    ".hastack".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    address: Spanned<String>,
+    port: Spanned<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPorts {
+    admin: Spanned<u16>,
+    web: Spanned<u16>,
+    app: Spanned<u16>,
+    db: Spanned<u16>,
+    vrrp: Spanned<u16>,
+}
+
+impl Default for RawPorts {
+    fn default() -> Self {
+        RawPorts {
+            admin: Spanned::new(0..0, 9100),
+            web: Spanned::new(0..0, 8081),
+            app: Spanned::new(0..0, 8082),
+            db: Spanned::new(0..0, 3306),
+            vrrp: Spanned::new(0..0, 5798),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawVrrp {
+    vrid: Spanned<u8>,
+    advert_interval: Spanned<u16>,
+    preempt: bool,
+}
+
+impl Default for RawVrrp {
+    fn default() -> Self {
+        RawVrrp {
+            vrid: Spanned::new(0..0, 51),
+            advert_interval: Spanned::new(0..0, 10),
+            preempt: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    interval_ms: Spanned<u64>,
+    timeout_ms: Spanned<u64>,
+    rise: Spanned<u32>,
+    fall: Spanned<u32>,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            interval_ms: Spanned::new(0..0, 200),
+            timeout_ms: Spanned::new(0..0, 500),
+            rise: Spanned::new(0..0, 2),
+            fall: Spanned::new(0..0, 2),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    root: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDb {
+    primary: Option<Spanned<String>>,
+    mariadbd: String,
+    buffer_pool_mb: Spanned<u32>,
+    semi_sync_timeout_ms: u64,
+    database: Spanned<String>,
+    user: Spanned<String>,
+    password: String,
+    repl_password: String,
+}
+
+impl Default for RawDb {
+    fn default() -> Self {
+        RawDb {
+            primary: None,
+            mariadbd: "mariadbd".into(),
+            buffer_pool_mb: Spanned::new(0..0, 64),
+            semi_sync_timeout_ms: 1000,
+            database: Spanned::new(0..0, "foobar".into()),
+            user: Spanned::new(0..0, "foobar".into()),
+            password: "foobar-dev-password".into(),
+            repl_password: "repl-dev-password".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    role: Spanned<String>,
+    address: Spanned<String>,
+    priority: Option<Spanned<i64>>,
+}
+
+/// A hint for serde's own messages (unknown field, wrong type, missing field).
+pub(crate) fn serde_help(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove the key or correct its spelling; `hastack config` prints every key with its default".into()
+    } else if message.contains("missing field") {
+        "add the key; `hastack config` prints a complete topology to start from".into()
+    } else if message.contains("invalid type") {
+        "give the value the type shown (strings in double quotes, numbers bare)".into()
+    } else {
+        "see `hastack config` for a valid topology file".into()
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: String, help: &str) {
+        let (line, column) = if at.span().end == 0 {
+            (0, 0)
+        } else {
+            line_col(self.text, at.span().start)
+        };
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
+            help: Some(help.to_string()),
+        });
+    }
+
+    fn ipv4(&mut self, value: &Spanned<String>, what: &str) -> Option<Ipv4Addr> {
+        match value.get_ref().parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.error(
+                    value,
+                    format!("{what} `{}` is not an IPv4 address", value.get_ref()),
+                    "write a dotted quad such as \"127.0.1.1\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn positive<T: PartialOrd + Default + std::fmt::Display>(&mut self, v: &Spanned<T>, what: &str) {
+        if *v.get_ref() <= T::default() {
+            self.error(
+                v,
+                format!("{what} must be greater than zero, found {}", v.get_ref()),
+                "give a positive value",
+            );
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+fn valid_sql_ident(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub(crate) fn validate(raw: RawTopology, text: &str, file: &Path) -> Result<Topology, ConfigErrors> {
+    let mut c = Checker {
+        text,
+        file,
+        errors: Vec::new(),
+    };
+
+    let mode = match raw.site.mode.get_ref().as_str() {
+        "loopback" => Some(Mode::Loopback),
+        "isolated" | "hosts" => {
+            c.error(
+                &raw.site.mode,
+                format!(
+                    "mode \"{}\" is not supported by this version of hastack",
+                    raw.site.mode.get_ref()
+                ),
+                "use mode = \"loopback\"",
+            );
+            None
+        }
+        other => {
+            c.error(
+                &raw.site.mode,
+                format!("unknown mode \"{other}\", expected \"loopback\""),
+                "use mode = \"loopback\"",
+            );
+            None
+        }
+    };
+    if raw.site.name.get_ref().trim().is_empty() {
+        c.error(&raw.site.name, "the site name is empty".into(), "give the site's host name, e.g. \"www.foobar.com\"");
+    }
+
+    let vip = c.ipv4(&raw.vip.address, "the VIP");
+    if let Some(vip) = vip
+        && mode == Some(Mode::Loopback)
+        && !vip.is_loopback()
+    {
+        c.error(
+            &raw.vip.address,
+            format!("in loopback mode the VIP must be a 127.x.y.z address, found {vip}"),
+            "pick an unused loopback address such as \"127.0.0.100\"",
+        );
+    }
+    c.positive(&raw.vip.port, "the VIP's port");
+
+    let p = &raw.ports;
+    for (v, what) in [
+        (&p.admin, "ports.admin"),
+        (&p.web, "ports.web"),
+        (&p.app, "ports.app"),
+        (&p.db, "ports.db"),
+        (&p.vrrp, "ports.vrrp"),
+    ] {
+        c.positive(v, what);
+    }
+    for (v, what) in [(&p.web, "ports.web"), (&p.app, "ports.app"), (&p.db, "ports.db")] {
+        if v.get_ref() == p.admin.get_ref() {
+            c.error(
+                v,
+                format!("{what} is the same port as ports.admin ({})", p.admin.get_ref()),
+                "the admin port (/healthz, /metrics) needs a port of its own on every node",
+            );
+        }
+    }
+
+    if *raw.vrrp.vrid.get_ref() == 0 {
+        c.error(&raw.vrrp.vrid, "vrrp.vrid must be 1..=255, found 0".into(), "pick a virtual router id from 1 to 255");
+    }
+    let adv = *raw.vrrp.advert_interval.get_ref();
+    if adv == 0 || adv > 4095 {
+        c.error(
+            &raw.vrrp.advert_interval,
+            format!("vrrp.advert_interval must be 1..=4095 centiseconds, found {adv}"),
+            "VRRPv3 carries the interval in 12 bits of centiseconds: 10 = 0.1 s, 100 = 1 s",
+        );
+    }
+
+    let h = &raw.health;
+    c.positive(&h.interval_ms, "health.interval_ms");
+    c.positive(&h.timeout_ms, "health.timeout_ms");
+    c.positive(&h.rise, "health.rise");
+    c.positive(&h.fall, "health.fall");
+
+    c.positive(&raw.db.buffer_pool_mb, "db.buffer_pool_mb");
+    for (v, what) in [(&raw.db.database, "db.database"), (&raw.db.user, "db.user")] {
+        if !valid_sql_ident(v.get_ref()) {
+            c.error(
+                v,
+                format!("{what} `{}` is not a plain SQL name", v.get_ref()),
+                "use 1 to 32 letters, digits or underscores",
+            );
+        }
+    }
+
+    // Nodes.
+    let mut nodes = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    let mut addresses: HashMap<Ipv4Addr, String> = HashMap::new();
+    for n in &raw.node {
+        let name = n.name.get_ref().clone();
+        if !valid_name(&name) {
+            c.error(
+                &n.name,
+                format!("node name `{name}` is not valid"),
+                "start with a lowercase letter; use lowercase letters, digits and '-' (at most 32)",
+            );
+        } else if names.insert(name.clone(), ()).is_some() {
+            c.error(
+                &n.name,
+                format!("duplicate node name `{name}`"),
+                "every node needs a name of its own",
+            );
+        }
+        let role = match n.role.get_ref().as_str() {
+            "lb" => Some(Role::Lb),
+            "web" => Some(Role::Web),
+            "app" => Some(Role::App),
+            "db" => Some(Role::Db),
+            other => {
+                c.error(
+                    &n.role,
+                    format!("unknown role \"{other}\" for node `{name}`"),
+                    "the role is one of \"lb\", \"web\", \"app\", \"db\"",
+                );
+                None
+            }
+        };
+        let address = c.ipv4(&n.address, &format!("the address of node `{name}`"));
+        if let Some(a) = address {
+            if mode == Some(Mode::Loopback) && !a.is_loopback() {
+                c.error(
+                    &n.address,
+                    format!("in loopback mode node `{name}` needs a 127.x.y.z address, found {a}"),
+                    "give each node its own loopback address, e.g. \"127.0.2.1\"",
+                );
+            }
+            if Some(a) == vip {
+                c.error(
+                    &n.address,
+                    format!("node `{name}` has the VIP {a} as its own address"),
+                    "the VIP floats between lb nodes: give the node another address",
+                );
+            } else if let Some(other) = addresses.insert(a, name.clone()) {
+                c.error(
+                    &n.address,
+                    format!("node `{name}` has the same address {a} as node `{other}`"),
+                    "give every node an address of its own",
+                );
+            }
+        }
+        let priority = match (&n.priority, role) {
+            (Some(p), Some(Role::Lb)) => {
+                let v = *p.get_ref();
+                if (1..=254).contains(&v) {
+                    Some(v as u8)
+                } else {
+                    c.error(
+                        p,
+                        format!("lb node `{name}` has priority {v}, expected 1..=254"),
+                        "255 is reserved for the VIP's owner and 0 means 'leaving'; pick 1..=254, higher wins",
+                    );
+                    None
+                }
+            }
+            (Some(p), Some(r)) => {
+                c.error(
+                    p,
+                    format!("node `{name}` is a {r} node; only lb nodes have a priority"),
+                    "remove the priority line",
+                );
+                None
+            }
+            (None, Some(Role::Lb)) => {
+                c.error(
+                    &n.name,
+                    format!("lb node `{name}` has no priority"),
+                    "add `priority = N` (1..=254, higher wins the VIP)",
+                );
+                None
+            }
+            _ => None,
+        };
+        if let (Some(role), Some(address)) = (role, address) {
+            nodes.push(Node {
+                name,
+                role,
+                address,
+                priority,
+            });
+        }
+    }
+
+    let whole_file = Spanned::new(0..0, ());
+    for role in Role::ALL {
+        if !raw.node.iter().any(|n| n.role.get_ref() == role.as_str()) {
+            c.error(
+                &whole_file,
+                format!("the {role} tier has no nodes"),
+                &format!("add a [[node]] with role = \"{role}\"; every tier needs at least one node"),
+            );
+        }
+    }
+
+    let primary = match &raw.db.primary {
+        Some(p) => {
+            let found = nodes.iter().any(|n| n.name == *p.get_ref() && n.role == Role::Db);
+            if !found && names.contains_key(p.get_ref()) {
+                c.error(p, format!("db.primary `{}` is not a db node", p.get_ref()), "name one of the nodes with role = \"db\"");
+            } else if !found {
+                c.error(p, format!("db.primary `{}` is not a node of this topology", p.get_ref()), "name one of the nodes with role = \"db\"");
+            }
+            p.get_ref().clone()
+        }
+        None => nodes
+            .iter()
+            .find(|n| n.role == Role::Db)
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+    };
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    let Some(vip) = vip else {
+        return Err(ConfigErrors(c.errors));
+    };
+    Ok(Topology {
+        source: file.to_path_buf(),
+        site: raw.site.name.into_inner(),
+        mode: Mode::Loopback,
+        state_dir: PathBuf::from(raw.site.state_dir),
+        vip,
+        http_port: raw.vip.port.into_inner(),
+        ports: Ports {
+            admin: p.admin.clone().into_inner(),
+            web: p.web.clone().into_inner(),
+            app: p.app.clone().into_inner(),
+            db: p.db.clone().into_inner(),
+            vrrp: p.vrrp.clone().into_inner(),
+        },
+        vrrp: VrrpSettings {
+            vrid: raw.vrrp.vrid.into_inner(),
+            advert_interval_cs: adv,
+            preempt: raw.vrrp.preempt,
+        },
+        health: HealthSettings {
+            interval: Duration::from_millis(*h.interval_ms.get_ref()),
+            timeout: Duration::from_millis(*h.timeout_ms.get_ref()),
+            rise: *h.rise.get_ref(),
+            fall: *h.fall.get_ref(),
+        },
+        web: WebSettings {
+            root: raw.web.root.map(PathBuf::from),
+        },
+        db: DbSettings {
+            primary,
+            mariadbd: raw.db.mariadbd,
+            buffer_pool_mb: raw.db.buffer_pool_mb.into_inner(),
+            semi_sync_timeout: Duration::from_millis(raw.db.semi_sync_timeout_ms),
+            database: raw.db.database.into_inner(),
+            user: raw.db.user.into_inner(),
+            password: raw.db.password,
+            repl_password: raw.db.repl_password,
+        },
+        nodes,
+    })
+}
