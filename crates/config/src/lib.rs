@@ -276,10 +276,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Topology, ConfigErrors> {
     let raw: raw::RawTopology = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             return Err(ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
                 line,

@@ -256,7 +256,8 @@ struct RawNode {
 /// A hint for serde's own messages (unknown field, wrong type, missing field).
 pub(crate) fn serde_help(message: &str) -> String {
     if message.contains("unknown field") {
-        "remove the key or correct its spelling; `hastack config` prints every key with its default".into()
+        "remove the key or correct its spelling; `hastack config` prints every key with its default"
+            .into()
     } else if message.contains("missing field") {
         "add the key; `hastack config` prints a complete topology to start from".into()
     } else if message.contains("invalid type") {
@@ -302,7 +303,11 @@ impl Checker<'_> {
         }
     }
 
-    fn positive<T: PartialOrd + Default + std::fmt::Display>(&mut self, v: &Spanned<T>, what: &str) {
+    fn positive<T: PartialOrd + Default + std::fmt::Display>(
+        &mut self,
+        v: &Spanned<T>,
+        what: &str,
+    ) {
         if *v.get_ref() <= T::default() {
             self.error(
                 v,
@@ -326,7 +331,11 @@ fn valid_sql_ident(s: &str) -> bool {
     !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-pub(crate) fn validate(raw: RawTopology, text: &str, file: &Path) -> Result<Topology, ConfigErrors> {
+pub(crate) fn validate(
+    raw: RawTopology,
+    text: &str,
+    file: &Path,
+) -> Result<Topology, ConfigErrors> {
     let mut c = Checker {
         text,
         file,
@@ -356,7 +365,11 @@ pub(crate) fn validate(raw: RawTopology, text: &str, file: &Path) -> Result<Topo
         }
     };
     if raw.site.name.get_ref().trim().is_empty() {
-        c.error(&raw.site.name, "the site name is empty".into(), "give the site's host name, e.g. \"www.foobar.com\"");
+        c.error(
+            &raw.site.name,
+            "the site name is empty".into(),
+            "give the site's host name, e.g. \"www.foobar.com\"",
+        );
     }
 
     let vip = c.ipv4(&raw.vip.address, "the VIP");
@@ -382,18 +395,29 @@ pub(crate) fn validate(raw: RawTopology, text: &str, file: &Path) -> Result<Topo
     ] {
         c.positive(v, what);
     }
-    for (v, what) in [(&p.web, "ports.web"), (&p.app, "ports.app"), (&p.db, "ports.db")] {
+    for (v, what) in [
+        (&p.web, "ports.web"),
+        (&p.app, "ports.app"),
+        (&p.db, "ports.db"),
+    ] {
         if v.get_ref() == p.admin.get_ref() {
             c.error(
                 v,
-                format!("{what} is the same port as ports.admin ({})", p.admin.get_ref()),
+                format!(
+                    "{what} is the same port as ports.admin ({})",
+                    p.admin.get_ref()
+                ),
                 "the admin port (/healthz, /metrics) needs a port of its own on every node",
             );
         }
     }
 
     if *raw.vrrp.vrid.get_ref() == 0 {
-        c.error(&raw.vrrp.vrid, "vrrp.vrid must be 1..=255, found 0".into(), "pick a virtual router id from 1 to 255");
+        c.error(
+            &raw.vrrp.vrid,
+            "vrrp.vrid must be 1..=255, found 0".into(),
+            "pick a virtual router id from 1 to 255",
+        );
     }
     let adv = *raw.vrrp.advert_interval.get_ref();
     if adv == 0 || adv > 4095 {
@@ -525,18 +549,33 @@ pub(crate) fn validate(raw: RawTopology, text: &str, file: &Path) -> Result<Topo
             c.error(
                 &whole_file,
                 format!("the {role} tier has no nodes"),
-                &format!("add a [[node]] with role = \"{role}\"; every tier needs at least one node"),
+                &format!(
+                    "add a [[node]] with role = \"{role}\"; every tier needs at least one node"
+                ),
             );
         }
     }
 
     let primary = match &raw.db.primary {
         Some(p) => {
-            let found = nodes.iter().any(|n| n.name == *p.get_ref() && n.role == Role::Db);
+            let found = nodes
+                .iter()
+                .any(|n| n.name == *p.get_ref() && n.role == Role::Db);
             if !found && names.contains_key(p.get_ref()) {
-                c.error(p, format!("db.primary `{}` is not a db node", p.get_ref()), "name one of the nodes with role = \"db\"");
+                c.error(
+                    p,
+                    format!("db.primary `{}` is not a db node", p.get_ref()),
+                    "name one of the nodes with role = \"db\"",
+                );
             } else if !found {
-                c.error(p, format!("db.primary `{}` is not a node of this topology", p.get_ref()), "name one of the nodes with role = \"db\"");
+                c.error(
+                    p,
+                    format!(
+                        "db.primary `{}` is not a node of this topology",
+                        p.get_ref()
+                    ),
+                    "name one of the nodes with role = \"db\"",
+                );
             }
             p.get_ref().clone()
         }

@@ -11,7 +11,11 @@ fn errors(text: &str) -> Vec<ConfigError> {
 
 /// The default topology with `from` replaced by `to` (exactly once).
 fn edited(from: &str, to: &str) -> String {
-    assert_eq!(DEFAULT_TOPOLOGY.matches(from).count(), 1, "ambiguous edit {from:?}");
+    assert_eq!(
+        DEFAULT_TOPOLOGY.matches(from).count(),
+        1,
+        "ambiguous edit {from:?}"
+    );
     DEFAULT_TOPOLOGY.replace(from, to)
 }
 
@@ -20,7 +24,11 @@ fn one_error_at(text: &str, line: usize, needle: &str) -> ConfigError {
     let errs = errors(text);
     assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
     let e = errs.into_iter().next().expect("one error");
-    assert!(e.message.contains(needle), "message {:?} lacks {needle:?}", e.message);
+    assert!(
+        e.message.contains(needle),
+        "message {:?} lacks {needle:?}",
+        e.message
+    );
     assert_eq!(e.line, line, "wrong line in {e}");
     assert!(e.column >= 1, "column missing in {e}");
     assert!(e.help.is_some(), "no help in {e}");
@@ -41,7 +49,12 @@ fn default_topology_is_the_seed() {
     assert_eq!(t.vip, Ipv4Addr::new(127, 0, 0, 100));
     assert_eq!(t.http_port, 8080);
     let names: Vec<_> = t.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, ["lb1", "lb2", "web1", "web2", "app1", "app2", "db1", "db2", "db3"]);
+    assert_eq!(
+        names,
+        [
+            "lb1", "lb2", "web1", "web2", "app1", "app2", "db1", "db2", "db3"
+        ]
+    );
     assert_eq!(t.node("lb1").and_then(|n| n.priority), Some(150));
     assert_eq!(t.node("lb2").and_then(|n| n.priority), Some(100));
     assert_eq!(t.db.primary, "db1");
@@ -52,7 +65,11 @@ fn default_topology_is_the_seed() {
 #[test]
 fn unknown_key_names_line_and_column() {
     let text = edited("preempt = true", "preempt = true\npreemt_delay = 3");
-    let e = one_error_at(&text, line_of(&text, "preemt_delay"), "unknown field `preemt_delay`");
+    let e = one_error_at(
+        &text,
+        line_of(&text, "preemt_delay"),
+        "unknown field `preemt_delay`",
+    );
     assert_eq!(e.column, 1);
     let shown = e.to_string();
     assert!(shown.starts_with("t.toml:"), "{shown}");
@@ -76,13 +93,20 @@ fn syntax_error_has_a_place() {
 fn missing_section_is_named() {
     let text = DEFAULT_TOPOLOGY.replace("[vip]", "[vipp]");
     let errs = errors(&text);
-    assert!(errs[0].message.contains("vipp") || errs[0].message.contains("vip"), "{errs:?}");
+    assert!(
+        errs[0].message.contains("vipp") || errs[0].message.contains("vip"),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn duplicate_node_name() {
     let text = edited("name = \"web2\"", "name = \"web1\"");
-    let e = one_error_at(&text, line_of(&text, "address = \"127.0.2.2\"") - 2, "duplicate node name `web1`");
+    let e = one_error_at(
+        &text,
+        line_of(&text, "address = \"127.0.2.2\"") - 2,
+        "duplicate node name `web1`",
+    );
     assert_eq!(e.column, 8);
 }
 
@@ -91,39 +115,69 @@ fn duplicate_address() {
     let text = edited("address = \"127.0.2.2\"", "address = \"127.0.2.1\"");
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].message.contains("same address 127.0.2.1 as node `web1`"), "{errs:?}");
+    assert!(
+        errs[0]
+            .message
+            .contains("same address 127.0.2.1 as node `web1`"),
+        "{errs:?}"
+    );
     assert_eq!(errs[0].line, line_of(&text, "name = \"web2\"") + 2);
 }
 
 #[test]
 fn vip_equal_to_a_node_address() {
     let text = edited("address = \"127.0.3.1\"", "address = \"127.0.0.100\"");
-    one_error_at(&text, line_of(&text, "name = \"app1\"") + 2, "has the VIP 127.0.0.100");
+    one_error_at(
+        &text,
+        line_of(&text, "name = \"app1\"") + 2,
+        "has the VIP 127.0.0.100",
+    );
 }
 
 #[test]
 fn tier_without_nodes() {
-    let start = DEFAULT_TOPOLOGY.find("[[node]]\nname = \"app1\"").expect("app1");
-    let end = DEFAULT_TOPOLOGY.find("[[node]]\nname = \"db1\"").expect("db1");
+    let start = DEFAULT_TOPOLOGY
+        .find("[[node]]\nname = \"app1\"")
+        .expect("app1");
+    let end = DEFAULT_TOPOLOGY
+        .find("[[node]]\nname = \"db1\"")
+        .expect("db1");
     let text = format!("{}{}", &DEFAULT_TOPOLOGY[..start], &DEFAULT_TOPOLOGY[end..]);
     let errs = errors(&text);
     assert_eq!(errs.len(), 1, "{errs:?}");
-    assert!(errs[0].message.contains("the app tier has no nodes"), "{errs:?}");
-    assert!(errs[0].to_string().contains("role = \\\"app\\\"") || errs[0].to_string().contains("role = \"app\""));
+    assert!(
+        errs[0].message.contains("the app tier has no nodes"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].to_string().contains("role = \\\"app\\\"")
+            || errs[0].to_string().contains("role = \"app\"")
+    );
 }
 
 #[test]
 fn priority_out_of_range() {
     for bad in ["0", "255", "-3", "1000"] {
         let text = edited("priority = 100", &format!("priority = {bad}"));
-        one_error_at(&text, line_of(&text, &format!("priority = {bad}")), "expected 1..=254");
+        one_error_at(
+            &text,
+            line_of(&text, &format!("priority = {bad}")),
+            "expected 1..=254",
+        );
     }
 }
 
 #[test]
 fn priority_on_a_non_lb_node() {
-    let text = edited("address = \"127.0.2.1\"", "address = \"127.0.2.1\"\npriority = 5");
-    one_error_at(&text, line_of(&text, "priority = 5"), "only lb nodes have a priority");
+    let text = edited(
+        "address = \"127.0.2.1\"",
+        "address = \"127.0.2.1\"\npriority = 5",
+    );
+    one_error_at(
+        &text,
+        line_of(&text, "priority = 5"),
+        "only lb nodes have a priority",
+    );
 }
 
 #[test]
@@ -134,22 +188,41 @@ fn lb_without_priority() {
 
 #[test]
 fn unknown_role() {
-    let text = edited("role = \"app\"\naddress = \"127.0.3.2\"", "role = \"apps\"\naddress = \"127.0.3.2\"");
-    one_error_at(&text, line_of(&text, "role = \"apps\""), "unknown role \"apps\"");
+    let text = edited(
+        "role = \"app\"\naddress = \"127.0.3.2\"",
+        "role = \"apps\"\naddress = \"127.0.3.2\"",
+    );
+    one_error_at(
+        &text,
+        line_of(&text, "role = \"apps\""),
+        "unknown role \"apps\"",
+    );
 }
 
 #[test]
 fn bad_address() {
     let text = edited("address = \"127.0.4.3\"", "address = \"127.0.4.300\"");
-    one_error_at(&text, line_of(&text, "127.0.4.300"), "is not an IPv4 address");
+    one_error_at(
+        &text,
+        line_of(&text, "127.0.4.300"),
+        "is not an IPv4 address",
+    );
 }
 
 #[test]
 fn non_loopback_address_in_loopback_mode() {
     let text = edited("address = \"127.0.4.3\"", "address = \"10.0.0.3\"");
-    one_error_at(&text, line_of(&text, "10.0.0.3"), "needs a 127.x.y.z address");
+    one_error_at(
+        &text,
+        line_of(&text, "10.0.0.3"),
+        "needs a 127.x.y.z address",
+    );
     let text = edited("address = \"127.0.0.100\"", "address = \"192.0.2.1\"");
-    one_error_at(&text, line_of(&text, "192.0.2.1"), "the VIP must be a 127.x.y.z address");
+    one_error_at(
+        &text,
+        line_of(&text, "192.0.2.1"),
+        "the VIP must be a 127.x.y.z address",
+    );
 }
 
 #[test]
@@ -163,9 +236,17 @@ fn unsupported_mode() {
 #[test]
 fn advert_interval_range() {
     let text = edited("advert_interval = 10", "advert_interval = 5000");
-    one_error_at(&text, line_of(&text, "advert_interval"), "1..=4095 centiseconds");
+    one_error_at(
+        &text,
+        line_of(&text, "advert_interval"),
+        "1..=4095 centiseconds",
+    );
     let text = edited("advert_interval = 10", "advert_interval = 0");
-    one_error_at(&text, line_of(&text, "advert_interval"), "1..=4095 centiseconds");
+    one_error_at(
+        &text,
+        line_of(&text, "advert_interval"),
+        "1..=4095 centiseconds",
+    );
 }
 
 #[test]
@@ -177,19 +258,31 @@ fn vrid_zero() {
 #[test]
 fn zero_health_values() {
     let text = edited("rise = 2", "rise = 0");
-    one_error_at(&text, line_of(&text, "rise = 0"), "health.rise must be greater than zero");
+    one_error_at(
+        &text,
+        line_of(&text, "rise = 0"),
+        "health.rise must be greater than zero",
+    );
 }
 
 #[test]
 fn admin_port_clash() {
     let text = edited("app = 8082", "app = 9100");
-    one_error_at(&text, line_of(&text, "app = 9100"), "same port as ports.admin");
+    one_error_at(
+        &text,
+        line_of(&text, "app = 9100"),
+        "same port as ports.admin",
+    );
 }
 
 #[test]
 fn port_zero() {
     let text = edited("web = 8081", "web = 0");
-    one_error_at(&text, line_of(&text, "web = 0"), "ports.web must be greater than zero");
+    one_error_at(
+        &text,
+        line_of(&text, "web = 0"),
+        "ports.web must be greater than zero",
+    );
 }
 
 #[test]
@@ -197,7 +290,11 @@ fn primary_must_be_a_db_node() {
     let text = edited("primary = \"db1\"", "primary = \"app1\"");
     one_error_at(&text, line_of(&text, "primary = "), "is not a db node");
     let text = edited("primary = \"db1\"", "primary = \"db9\"");
-    one_error_at(&text, line_of(&text, "primary = "), "is not a node of this topology");
+    one_error_at(
+        &text,
+        line_of(&text, "primary = "),
+        "is not a node of this topology",
+    );
 }
 
 #[test]
@@ -214,14 +311,18 @@ fn bad_sql_name() {
 
 #[test]
 fn several_errors_are_all_reported() {
-    let text = edited("priority = 150", "priority = 300").replace("address = \"127.0.2.2\"", "address = \"127.0.2.1\"");
+    let text = edited("priority = 150", "priority = 300")
+        .replace("address = \"127.0.2.2\"", "address = \"127.0.2.1\"");
     assert_eq!(errors(&text).len(), 2);
 }
 
 #[test]
 fn unreadable_file_says_so() {
     let e = Topology::load(Path::new("/nonexistent/hastack.toml")).expect_err("no file");
-    assert!(e.to_string().contains("cannot read the topology file"), "{e}");
+    assert!(
+        e.to_string().contains("cannot read the topology file"),
+        "{e}"
+    );
 }
 
 #[test]

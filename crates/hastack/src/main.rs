@@ -1,1 +1,174 @@
-fn main() {}
+//! `hastack`: the one binary that plays every role of the topology.
+//!
+//! - `up` runs the whole topology on this machine ([`supervisor`]);
+//! - `node NAME` runs one node (what `up` spawns and what systemd would run) ([`node`]);
+//! - `status`, `stop`, `start`, `kill`, `down` talk to a running `up` ([`control`]);
+//! - `check` validates a topology file, `config` prints the built-in one.
+
+mod control;
+mod http_get;
+mod node;
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hastack_config::Topology;
+
+#[derive(Parser)]
+#[command(
+    name = "hastack",
+    version,
+    about = "A highly available website in one binary: VRRP load balancers, web servers, app servers and MariaDB with replication."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The topology file (default: the built-in seed topology; `hastack config` prints it).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole topology on this machine, in the foreground (Ctrl-C stops it).
+    Up {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run one node of the topology.
+    Node {
+        /// The node's name in the topology.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where node state lives (default: the topology's state_dir, from the working directory).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// App nodes: keep data in this SQLite file instead of the MariaDB tier.
+        #[arg(long, value_name = "FILE")]
+        sqlite: Option<PathBuf>,
+    },
+    /// Validate a topology file.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Print the built-in topology, a starting point for your own file.
+    Config,
+    /// Show the nodes of the running stack.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a node gracefully (SIGTERM).
+    Stop {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Start a stopped or dead node and wait until it is ready.
+    Start {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Kill a node with SIGKILL, as a crash would.
+    Kill {
+        /// Node name.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Stop every node and the supervisor.
+    Down {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Loads the topology named by `--config`, or the built-in one.
+fn load(config: &ConfigArg) -> anyhow::Result<Topology> {
+    match &config.config {
+        Some(path) => Topology::load(path).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(Topology::default_topology()),
+    }
+}
+
+/// The topology's state directory, absolute.
+fn state_dir(topo: &Topology) -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    Ok(absolute(&cwd, &topo.state_dir))
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Config => {
+            print!("{}", hastack_config::DEFAULT_TOPOLOGY);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { config } => check(&config),
+        Cmd::Up { config } => supervisor::up(&config.config),
+        Cmd::Node {
+            name,
+            config,
+            state_dir,
+            sqlite,
+        } => node::main(&name, &config.config, state_dir, sqlite),
+        Cmd::Status { config, json } => control::status(&config, json),
+        Cmd::Stop { node, config } => control::simple(&config, "stop", &node),
+        Cmd::Start { node, config } => control::simple(&config, "start", &node),
+        Cmd::Kill { node, config } => control::simple(&config, "kill", &node),
+        Cmd::Down { config } => control::simple(&config, "down", ""),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hastack: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
+    match load(config) {
+        Ok(t) => {
+            let source = t.source.display();
+            println!(
+                "{source}: ok — {} nodes ({} lb, {} web, {} app, {} db), site {} on {}",
+                t.nodes.len(),
+                t.tier(hastack_config::Role::Lb).count(),
+                t.tier(hastack_config::Role::Web).count(),
+                t.tier(hastack_config::Role::App).count(),
+                t.tier(hastack_config::Role::Db).count(),
+                t.site,
+                t.site_url()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,1 +1,208 @@
-//! stub
+//! The load balancer node: VRRP decides whether this node holds the VIP; while it does,
+//! it listens on VIP:port and balances requests over the healthy web nodes.
+//!
+//! The VIP listener is opened with `SO_REUSEPORT`, so during a hand-over the new master
+//! can bind before the old one has let go; the old one stops accepting and drains its
+//! open requests. The admin port (`/healthz`, `/metrics`) is on the node's own address,
+//! so a backup answers too.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hastack_config::{Role, Topology};
+use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
+use hastack_runtime::{Admin, HealthReport, bind_tcp, json_escape};
+use hastack_vrrp::{Machine, Stats, UdpTransport, VipHook};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// Why an lb node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    /// The name is not an lb node of the topology.
+    #[error("`{0}` is not an lb node of this topology")]
+    NotAnLb(String),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Opens and closes the VIP listener as VRRP decides.
+struct VipListener {
+    vip: SocketAddr,
+    proxy: Arc<Proxy>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl VipHook for VipListener {
+    fn take(&mut self) {
+        if self.stop.is_some() {
+            return;
+        }
+        match bind_tcp(self.vip, true) {
+            Ok(listener) => {
+                let (tx, rx) = watch::channel(false);
+                let proxy = self.proxy.clone();
+                tokio::spawn(hastack_runtime::serve_http1(
+                    listener,
+                    move |req, peer| {
+                        let proxy = proxy.clone();
+                        async move { proxy.forward(req, peer).await }
+                    },
+                    rx,
+                ));
+                self.stop = Some(tx);
+                info!(vip = %self.vip, "listening on the VIP");
+            }
+            Err(e) => error!(vip = %self.vip, error = %e, "cannot listen on the VIP"),
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+            info!(vip = %self.vip, "stopped listening on the VIP");
+        }
+    }
+}
+
+/// Runs lb node `name` until `shutdown` turns true.
+pub async fn run(
+    topo: &Topology,
+    name: &str,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), LbError> {
+    let node = topo
+        .node(name)
+        .filter(|n| n.role == Role::Lb)
+        .ok_or_else(|| LbError::NotAnLb(name.to_string()))?;
+    let mut registry = Registry::default();
+
+    let web: Vec<(String, SocketAddr)> = topo
+        .tier(Role::Web)
+        .map(|n| {
+            (
+                n.name.clone(),
+                SocketAddr::from((n.address, topo.ports.web)),
+            )
+        })
+        .collect();
+    let pool = Pool::new("web", &web, &mut registry);
+    let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+
+    let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
+    let admin_listener = bind_tcp(admin_addr, false).map_err(|source| LbError::Bind {
+        addr: admin_addr,
+        what: "admin",
+        source,
+    })?;
+    let vrrp_addr = SocketAddrV4::new(node.address, topo.ports.vrrp);
+    let peers: Vec<SocketAddrV4> = topo
+        .tier(Role::Lb)
+        .filter(|n| n.name != name)
+        .map(|n| SocketAddrV4::new(n.address, topo.ports.vrrp))
+        .collect();
+    let transport = UdpTransport::bind(vrrp_addr, peers)
+        .await
+        .map_err(|source| LbError::Bind {
+            addr: SocketAddr::V4(vrrp_addr),
+            what: "vrrp",
+            source,
+        })?;
+
+    let stats = Arc::new(Stats::default());
+    let probe = {
+        let stats = stats.clone();
+        let pool = pool.clone();
+        let name = name.to_string();
+        Arc::new(move || {
+            let state = match stats.state.load(Ordering::Relaxed) {
+                2 => "master",
+                1 => "backup",
+                _ => "initialize",
+            };
+            let upstreams: Vec<String> = pool
+                .servers()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{{\"name\":\"{}\",\"healthy\":{}}}",
+                        json_escape(&s.name),
+                        s.is_healthy()
+                    )
+                })
+                .collect();
+            let json = format!(
+                "{{\"node\":\"{}\",\"role\":\"lb\",\"vrrp\":\"{state}\",\"upstreams\":[{}]}}",
+                json_escape(&name),
+                upstreams.join(",")
+            );
+            Box::pin(async move {
+                HealthReport {
+                    healthy: true,
+                    json,
+                }
+            }) as _
+        })
+    };
+    let extra = {
+        let stats = stats.clone();
+        Arc::new(move |out: &mut String| {
+            use std::fmt::Write;
+            let l = Ordering::Relaxed;
+            let _ = write!(
+                out,
+                "# HELP hastack_vrrp_state VRRP state: 0 initialize, 1 backup, 2 master.\n# TYPE hastack_vrrp_state gauge\nhastack_vrrp_state {}\n\
+                 # HELP hastack_vrrp_adverts_sent Adverts sent.\n# TYPE hastack_vrrp_adverts_sent counter\nhastack_vrrp_adverts_sent_total {}\n\
+                 # HELP hastack_vrrp_adverts_received Adverts accepted.\n# TYPE hastack_vrrp_adverts_received counter\nhastack_vrrp_adverts_received_total {}\n\
+                 # HELP hastack_vrrp_adverts_rejected Datagrams rejected.\n# TYPE hastack_vrrp_adverts_rejected counter\nhastack_vrrp_adverts_rejected_total {}\n\
+                 # HELP hastack_vrrp_became_master Transitions to master.\n# TYPE hastack_vrrp_became_master counter\nhastack_vrrp_became_master_total {}\n",
+                stats.state.load(l),
+                stats.adverts_sent.load(l),
+                stats.adverts_received.load(l),
+                stats.adverts_rejected.load(l),
+                stats.became_master.load(l),
+            );
+        })
+    };
+
+    pool.spawn_health_checks(
+        HealthCheck {
+            interval: topo.health.interval,
+            timeout: topo.health.timeout,
+            rise: topo.health.rise,
+            fall: topo.health.fall,
+        },
+        shutdown.clone(),
+    );
+    let admin = Admin::new(probe, registry, Some(extra));
+    let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+
+    let machine = Machine::new(hastack_vrrp::Config {
+        vrid: topo.vrrp.vrid,
+        priority: node.priority.unwrap_or(100),
+        advert_interval_cs: topo.vrrp.advert_interval_cs,
+        preempt: topo.vrrp.preempt,
+        primary_address: node.address,
+        addresses: vec![topo.vip],
+    });
+    let hook = VipListener {
+        vip: SocketAddr::from((topo.vip, topo.http_port)),
+        proxy,
+        stop: None,
+    };
+    info!(node = name, vip = %topo.vip, port = topo.http_port, "lb ready");
+    // Returns after a graceful shutdown: priority 0 sent, VIP released.
+    hastack_vrrp::runner::run(machine, transport, hook, stats, shutdown).await;
+    let _ = admin_task.await;
+    Ok(())
+}

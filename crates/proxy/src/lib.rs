@@ -1,1 +1,14 @@
-//! stub
+//! The HTTP data plane shared by the lb and web tiers: upstream pools, round-robin
+//! balancing, active and passive health checks, header rewriting and retries.
+//!
+//! One implementation serves both tiers: the lb forwards to web nodes and the web node
+//! forwards to app nodes through the same [`Proxy`]. Architecture invariant: nothing
+//! here knows which tier it runs in; the tier passes a pool and [`ProxyOptions`].
+
+mod forward;
+mod pool;
+
+pub use forward::{
+    Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
+};
+pub use pool::{HealthCheck, Pool, RiseFall, Server};

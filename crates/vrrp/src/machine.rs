@@ -209,7 +209,12 @@ impl Machine {
     }
 
     /// An advertisement received from `sender` (already checksum-verified by the codec).
-    pub fn receive(&mut self, now: Instant, sender: Ipv4Addr, adv: &Advert) -> Result<Vec<Action>, Rejected> {
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        sender: Ipv4Addr,
+        adv: &Advert,
+    ) -> Result<Vec<Action>, Rejected> {
         if adv.vrid != self.cfg.vrid {
             return Err(Rejected::OtherVrid {
                 got: adv.vrid,
@@ -288,7 +293,12 @@ mod tests {
     }
 
     fn adv(priority: u8) -> Advert {
-        Advert { vrid: 51, priority, max_adver_int_cs: 100, addresses: vec![VIP] }
+        Advert {
+            vrid: 51,
+            priority,
+            max_adver_int_cs: 100,
+            addresses: vec![VIP],
+        }
     }
 
     fn ms(n: u64) -> Duration {
@@ -299,17 +309,32 @@ mod tests {
     fn timers_follow_the_rfc_formulas() {
         let m = machine(100, true);
         // Skew_Time = ((256 - 100) * 100cs) / 256 = 60.9375 cs
-        assert_eq!(m.skew_time(), Duration::from_micros(609_375), "RFC 5798 6.1: Skew_Time");
-        assert_eq!(m.master_down_interval(), ms(3000) + Duration::from_micros(609_375), "RFC 5798 6.1: Master_Down_Interval");
+        assert_eq!(
+            m.skew_time(),
+            Duration::from_micros(609_375),
+            "RFC 5798 6.1: Skew_Time"
+        );
+        assert_eq!(
+            m.master_down_interval(),
+            ms(3000) + Duration::from_micros(609_375),
+            "RFC 5798 6.1: Master_Down_Interval"
+        );
     }
 
     #[test]
     fn startup_below_255_goes_to_backup_with_master_down_timer() {
         let t0 = Instant::now();
         let mut m = machine(100, true);
-        assert!(m.startup(t0).is_empty(), "6.4.1: a non-owner sends nothing at startup");
+        assert!(
+            m.startup(t0).is_empty(),
+            "6.4.1: a non-owner sends nothing at startup"
+        );
         assert_eq!(m.state(), State::Backup, "6.4.1: transition to Backup");
-        assert_eq!(m.deadline(), Some(t0 + m.master_down_interval()), "6.4.1: Master_Down_Timer = Master_Down_Interval");
+        assert_eq!(
+            m.deadline(),
+            Some(t0 + m.master_down_interval()),
+            "6.4.1: Master_Down_Timer = Master_Down_Interval"
+        );
     }
 
     #[test]
@@ -317,9 +342,17 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(255, true);
         let a = m.startup(t0);
-        assert_eq!(a, vec![Action::SendAdvert { priority: 255 }, Action::TakeVip], "6.4.1: priority 255 sends an advert and becomes Master");
+        assert_eq!(
+            a,
+            vec![Action::SendAdvert { priority: 255 }, Action::TakeVip],
+            "6.4.1: priority 255 sends an advert and becomes Master"
+        );
         assert_eq!(m.state(), State::Master);
-        assert_eq!(m.deadline(), Some(t0 + ms(1000)), "6.4.1: Adver_Timer = Advertisement_Interval");
+        assert_eq!(
+            m.deadline(),
+            Some(t0 + ms(1000)),
+            "6.4.1: Adver_Timer = Advertisement_Interval"
+        );
     }
 
     #[test]
@@ -328,10 +361,17 @@ mod tests {
         let mut m = machine(100, true);
         m.startup(t0);
         let down = m.master_down_interval();
-        assert!(m.poll(t0 + down - ms(1)).is_empty(), "no takeover before the timer");
+        assert!(
+            m.poll(t0 + down - ms(1)).is_empty(),
+            "no takeover before the timer"
+        );
         assert_eq!(m.state(), State::Backup);
         let a = m.poll(t0 + down);
-        assert_eq!(a, vec![Action::SendAdvert { priority: 100 }, Action::TakeVip], "6.4.2: Master_Down_Timer fires -> send advert, become Master");
+        assert_eq!(
+            a,
+            vec![Action::SendAdvert { priority: 100 }, Action::TakeVip],
+            "6.4.2: Master_Down_Timer fires -> send advert, become Master"
+        );
         assert_eq!(m.state(), State::Master);
     }
 
@@ -343,7 +383,11 @@ mod tests {
         for i in 1..=10u64 {
             let now = t0 + ms(1000 * i);
             assert_eq!(m.receive(now, PEER_LOW, &adv(150)), Ok(vec![]));
-            assert_eq!(m.deadline(), Some(now + m.master_down_interval()), "6.4.2: reset Master_Down_Timer on each advert");
+            assert_eq!(
+                m.deadline(),
+                Some(now + m.master_down_interval()),
+                "6.4.2: reset Master_Down_Timer on each advert"
+            );
             assert!(m.poll(now + ms(500)).is_empty());
         }
         assert_eq!(m.state(), State::Backup);
@@ -357,7 +401,11 @@ mod tests {
         let mut a = adv(150);
         a.max_adver_int_cs = 10;
         m.receive(t0, PEER_LOW, &a).expect("accepted");
-        assert_eq!(m.master_down_interval(), ms(300) + Duration::from_micros(60_937), "6.4.2: Master_Adver_Interval = the advert's interval");
+        assert_eq!(
+            m.master_down_interval(),
+            ms(300) + Duration::from_micros(60_937),
+            "6.4.2: Master_Adver_Interval = the advert's interval"
+        );
     }
 
     #[test]
@@ -366,8 +414,15 @@ mod tests {
         let mut m = machine(100, true);
         m.startup(t0);
         m.receive(t0, PEER_LOW, &adv(0)).expect("accepted");
-        assert_eq!(m.deadline(), Some(t0 + m.skew_time()), "6.4.2: priority 0 -> Master_Down_Timer = Skew_Time");
-        assert_eq!(m.poll(t0 + m.skew_time()), vec![Action::SendAdvert { priority: 100 }, Action::TakeVip]);
+        assert_eq!(
+            m.deadline(),
+            Some(t0 + m.skew_time()),
+            "6.4.2: priority 0 -> Master_Down_Timer = Skew_Time"
+        );
+        assert_eq!(
+            m.poll(t0 + m.skew_time()),
+            vec![Action::SendAdvert { priority: 100 }, Action::TakeVip]
+        );
     }
 
     #[test]
@@ -376,9 +431,17 @@ mod tests {
         let mut m = machine(150, true);
         m.startup(t0);
         let deadline = m.deadline();
-        m.receive(t0 + ms(100), PEER_LOW, &adv(100)).expect("accepted");
-        assert_eq!(m.deadline(), deadline, "6.4.2: preempt and lower priority -> discard, timer keeps running");
-        assert_eq!(m.poll(t0 + m.master_down_interval()), vec![Action::SendAdvert { priority: 150 }, Action::TakeVip]);
+        m.receive(t0 + ms(100), PEER_LOW, &adv(100))
+            .expect("accepted");
+        assert_eq!(
+            m.deadline(),
+            deadline,
+            "6.4.2: preempt and lower priority -> discard, timer keeps running"
+        );
+        assert_eq!(
+            m.poll(t0 + m.master_down_interval()),
+            vec![Action::SendAdvert { priority: 150 }, Action::TakeVip]
+        );
     }
 
     #[test]
@@ -386,8 +449,13 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(150, false);
         m.startup(t0);
-        m.receive(t0 + ms(100), PEER_LOW, &adv(100)).expect("accepted");
-        assert_eq!(m.deadline(), Some(t0 + ms(100) + m.master_down_interval()), "6.4.2: Preempt_Mode False -> reset timer");
+        m.receive(t0 + ms(100), PEER_LOW, &adv(100))
+            .expect("accepted");
+        assert_eq!(
+            m.deadline(),
+            Some(t0 + ms(100) + m.master_down_interval()),
+            "6.4.2: Preempt_Mode False -> reset timer"
+        );
     }
 
     #[test]
@@ -396,7 +464,11 @@ mod tests {
         let mut m = machine(255, true);
         m.startup(t0);
         for i in 1..=5u64 {
-            assert_eq!(m.poll(t0 + ms(1000 * i)), vec![Action::SendAdvert { priority: 255 }], "6.4.3: Adver_Timer fires -> send advert");
+            assert_eq!(
+                m.poll(t0 + ms(1000 * i)),
+                vec![Action::SendAdvert { priority: 255 }],
+                "6.4.3: Adver_Timer fires -> send advert"
+            );
         }
     }
 
@@ -407,8 +479,14 @@ mod tests {
         m.startup(t0);
         m.poll(t0 + m.master_down_interval());
         assert_eq!(m.state(), State::Master);
-        let a = m.receive(t0 + ms(5000), PEER_LOW, &adv(150)).expect("accepted");
-        assert_eq!(a, vec![Action::ReleaseVip], "6.4.3: higher priority -> transition to Backup");
+        let a = m
+            .receive(t0 + ms(5000), PEER_LOW, &adv(150))
+            .expect("accepted");
+        assert_eq!(
+            a,
+            vec![Action::ReleaseVip],
+            "6.4.3: higher priority -> transition to Backup"
+        );
         assert_eq!(m.state(), State::Backup);
     }
 
@@ -417,7 +495,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(255, true);
         m.startup(t0);
-        assert_eq!(m.receive(t0, PEER_HIGH, &adv(100)), Ok(vec![]), "6.4.3: lower priority -> discard");
+        assert_eq!(
+            m.receive(t0, PEER_HIGH, &adv(100)),
+            Ok(vec![]),
+            "6.4.3: lower priority -> discard"
+        );
         assert_eq!(m.state(), State::Master);
     }
 
@@ -427,9 +509,17 @@ mod tests {
         let mut m = machine(100, true);
         m.startup(t0);
         m.poll(t0 + m.master_down_interval());
-        assert_eq!(m.receive(t0, PEER_LOW, &adv(100)), Ok(vec![]), "6.4.3: equal priority, lower sender address -> discard");
+        assert_eq!(
+            m.receive(t0, PEER_LOW, &adv(100)),
+            Ok(vec![]),
+            "6.4.3: equal priority, lower sender address -> discard"
+        );
         assert_eq!(m.state(), State::Master);
-        assert_eq!(m.receive(t0, PEER_HIGH, &adv(100)), Ok(vec![Action::ReleaseVip]), "6.4.3: equal priority, higher sender address -> Backup");
+        assert_eq!(
+            m.receive(t0, PEER_HIGH, &adv(100)),
+            Ok(vec![Action::ReleaseVip]),
+            "6.4.3: equal priority, higher sender address -> Backup"
+        );
     }
 
     #[test]
@@ -437,7 +527,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(255, true);
         m.startup(t0);
-        assert_eq!(m.receive(t0 + ms(10), PEER_LOW, &adv(0)), Ok(vec![Action::SendAdvert { priority: 255 }]), "6.4.3: priority 0 -> send advert, reset Adver_Timer");
+        assert_eq!(
+            m.receive(t0 + ms(10), PEER_LOW, &adv(0)),
+            Ok(vec![Action::SendAdvert { priority: 255 }]),
+            "6.4.3: priority 0 -> send advert, reset Adver_Timer"
+        );
         assert_eq!(m.deadline(), Some(t0 + ms(1010)));
     }
 
@@ -446,27 +540,50 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(255, true);
         m.startup(t0);
-        assert_eq!(m.shutdown(), vec![Action::SendAdvert { priority: 0 }, Action::ReleaseVip], "6.4.3: Shutdown -> send advert with priority 0");
+        assert_eq!(
+            m.shutdown(),
+            vec![Action::SendAdvert { priority: 0 }, Action::ReleaseVip],
+            "6.4.3: Shutdown -> send advert with priority 0"
+        );
         assert_eq!(m.state(), State::Initialize);
         assert_eq!(m.deadline(), None);
         let mut b = machine(100, true);
         b.startup(t0);
-        assert!(b.shutdown().is_empty(), "6.4.2: a backup's Shutdown cancels its timer and says nothing");
+        assert!(
+            b.shutdown().is_empty(),
+            "6.4.2: a backup's Shutdown cancels its timer and says nothing"
+        );
     }
 
     #[test]
     fn foreign_or_mismatched_adverts_are_rejected() {
         let t0 = Instant::now();
         let mut m = machine(100, true);
-        assert_eq!(m.receive(t0, PEER_LOW, &adv(150)), Err(Rejected::NotStarted));
+        assert_eq!(
+            m.receive(t0, PEER_LOW, &adv(150)),
+            Err(Rejected::NotStarted)
+        );
         m.startup(t0);
         let mut other = adv(150);
         other.vrid = 52;
-        assert!(matches!(m.receive(t0, PEER_LOW, &other), Err(Rejected::OtherVrid { .. })), "7.1: VRID must match");
+        assert!(
+            matches!(
+                m.receive(t0, PEER_LOW, &other),
+                Err(Rejected::OtherVrid { .. })
+            ),
+            "7.1: VRID must match"
+        );
         let mut wrong = adv(150);
         wrong.addresses = vec![Ipv4Addr::new(127, 0, 0, 101)];
-        assert!(matches!(m.receive(t0, PEER_LOW, &wrong), Err(Rejected::AddressMismatch { .. })));
-        assert_eq!(m.deadline(), Some(t0 + m.master_down_interval()), "a rejected advert changes nothing");
+        assert!(matches!(
+            m.receive(t0, PEER_LOW, &wrong),
+            Err(Rejected::AddressMismatch { .. })
+        ));
+        assert_eq!(
+            m.deadline(),
+            Some(t0 + m.master_down_interval()),
+            "a rejected advert changes nothing"
+        );
     }
 
     fn exchange(me: &mut Machine, peer: &mut Machine, addr: Ipv4Addr, now: Instant) {
@@ -483,7 +600,16 @@ mod tests {
         let t0 = Instant::now();
         let a1 = Ipv4Addr::new(127, 0, 1, 1);
         let a2 = Ipv4Addr::new(127, 0, 1, 2);
-        let mk = |p, a| Machine::new(Config { vrid: 51, priority: p, advert_interval_cs: 10, preempt: true, primary_address: a, addresses: vec![VIP] });
+        let mk = |p, a| {
+            Machine::new(Config {
+                vrid: 51,
+                priority: p,
+                advert_interval_cs: 10,
+                preempt: true,
+                primary_address: a,
+                addresses: vec![VIP],
+            })
+        };
         let mut lb1 = mk(150, a1);
         let mut lb2 = mk(100, a2);
         lb2.startup(t0);
@@ -498,7 +624,11 @@ mod tests {
         lb1.startup(now);
         let mut owners = Vec::new();
         for _ in 0..200 {
-            let next = [lb1.deadline(), lb2.deadline()].into_iter().flatten().min().expect("timers");
+            let next = [lb1.deadline(), lb2.deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("timers");
             now = next;
             exchange(&mut lb1, &mut lb2, a1, now);
             exchange(&mut lb2, &mut lb1, a2, now);

@@ -249,7 +249,10 @@ mod tests {
                 if line.trim_start().starts_with('#') {
                     continue;
                 }
-                bytes.extend(hex.split_whitespace().map(|h| u8::from_str_radix(h, 16).expect("hex byte")));
+                bytes.extend(
+                    hex.split_whitespace()
+                        .map(|h| u8::from_str_radix(h, 16).expect("hex byte")),
+                );
             }
         }
         if !bytes.is_empty() {
@@ -262,7 +265,12 @@ mod tests {
     fn decodes_and_reencodes_every_keepalived_advert_byte_for_byte() {
         let frames = fixture_frames();
         let vrrp: Vec<_> = frames.iter().filter(|(t, _)| t.ends_with("vrrp")).collect();
-        assert_eq!(vrrp.len(), 7, "fixture frames: {:?}", frames.iter().map(|f| &f.0).collect::<Vec<_>>());
+        assert_eq!(
+            vrrp.len(),
+            7,
+            "fixture frames: {:?}",
+            frames.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
         for (title, frame) in vrrp {
             assert_eq!(&frame[12..14], &[0x08, 0x00], "{title}: not IPv4");
             let ip = parse_ipv4(&frame[14..]).expect("IPv4 header");
@@ -273,8 +281,15 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{title}: {e}"));
             assert_eq!(adv.vrid, 77, "{title}");
             assert_eq!(adv.addresses, vec![Ipv4Addr::new(10, 77, 0, 10)], "{title}");
-            assert!(adv.max_adver_int_cs == 10 || adv.max_adver_int_cs == 100, "{title}");
-            assert_eq!(adv.encode(ip.src, ip.dst), ip.payload, "{title}: re-encoding differs");
+            assert!(
+                adv.max_adver_int_cs == 10 || adv.max_adver_int_cs == 100,
+                "{title}"
+            );
+            assert_eq!(
+                adv.encode(ip.src, ip.dst),
+                ip.payload,
+                "{title}: re-encoding differs"
+            );
         }
     }
 
@@ -287,48 +302,101 @@ mod tests {
         assert_eq!(adv.priority, 101);
         assert_eq!(adv.max_adver_int_cs, 10);
         assert_eq!(u16::from_be_bytes([ip.payload[6], ip.payload[7]]), 0x7469);
-        let shutdown = frames.iter().find(|(t, _)| t.contains("adv0.1_shutdown.pcap #9")).expect("#9");
+        let shutdown = frames
+            .iter()
+            .find(|(t, _)| t.contains("adv0.1_shutdown.pcap #9"))
+            .expect("#9");
         let ip = parse_ipv4(&shutdown.1[14..]).expect("ipv4");
-        assert_eq!(Advert::decode(ip.payload, ip.src, ip.dst).expect("advert").priority, 0, "a leaving master sends priority 0");
+        assert_eq!(
+            Advert::decode(ip.payload, ip.src, ip.dst)
+                .expect("advert")
+                .priority,
+            0,
+            "a leaving master sends priority 0"
+        );
     }
 
     #[test]
     fn v2_style_checksum_is_rejected() {
         // RFC 5798 5.2.8: the v3 checksum includes the pseudo-header.
-        let adv = Advert { vrid: 7, priority: 100, max_adver_int_cs: 100, addresses: vec![Ipv4Addr::new(127, 0, 0, 100)] };
+        let adv = Advert {
+            vrid: 7,
+            priority: 100,
+            max_adver_int_cs: 100,
+            addresses: vec![Ipv4Addr::new(127, 0, 0, 100)],
+        };
         let mut msg = adv.encode(Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2));
         msg[6] = 0;
         msg[7] = 0;
         let v2 = internet_checksum(&[&msg]);
         msg[6..8].copy_from_slice(&v2.to_be_bytes());
         assert!(matches!(
-            Advert::decode(&msg, Ipv4Addr::new(127, 0, 1, 1), Ipv4Addr::new(127, 0, 1, 2)),
+            Advert::decode(
+                &msg,
+                Ipv4Addr::new(127, 0, 1, 1),
+                Ipv4Addr::new(127, 0, 1, 2)
+            ),
             Err(DecodeError::Checksum { .. })
         ));
     }
 
     #[test]
     fn checksum_depends_on_addresses() {
-        let adv = Advert { vrid: 7, priority: 100, max_adver_int_cs: 10, addresses: vec![Ipv4Addr::new(127, 0, 0, 100)] };
+        let adv = Advert {
+            vrid: 7,
+            priority: 100,
+            max_adver_int_cs: 10,
+            addresses: vec![Ipv4Addr::new(127, 0, 0, 100)],
+        };
         let a = Ipv4Addr::new(127, 0, 1, 1);
         let b = Ipv4Addr::new(127, 0, 1, 2);
         let msg = adv.encode(a, b);
         assert_eq!(Advert::decode(&msg, a, b), Ok(adv));
-        assert!(Advert::decode(&msg, b, a).is_ok(), "swapping src and dst keeps the sum");
-        assert!(matches!(Advert::decode(&msg, a, Ipv4Addr::new(127, 0, 1, 3)), Err(DecodeError::Checksum { .. })));
+        assert!(
+            Advert::decode(&msg, b, a).is_ok(),
+            "swapping src and dst keeps the sum"
+        );
+        assert!(matches!(
+            Advert::decode(&msg, a, Ipv4Addr::new(127, 0, 1, 3)),
+            Err(DecodeError::Checksum { .. })
+        ));
     }
 
     #[test]
     fn malformed_input_is_an_error_never_a_panic() {
         let a = Ipv4Addr::LOCALHOST;
-        assert!(matches!(Advert::decode(&[], a, a), Err(DecodeError::Truncated { .. })));
-        assert_eq!(Advert::decode(&[0x21, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4], a, a), Err(DecodeError::Version(2)));
-        assert_eq!(Advert::decode(&[0x32, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4], a, a), Err(DecodeError::Type(2)));
-        assert_eq!(Advert::decode(&[0x31, 1, 1, 0, 0, 10, 0, 0], a, a), Err(DecodeError::NoAddresses));
-        assert!(matches!(Advert::decode(&[0x31, 1, 1, 2, 0, 10, 0, 0, 1, 2, 3, 4], a, a), Err(DecodeError::Truncated { need: 16, .. })));
-        assert!(matches!(Advert::decode(&[0x31, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4, 5], a, a), Err(DecodeError::Length { .. })));
+        assert!(matches!(
+            Advert::decode(&[], a, a),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert_eq!(
+            Advert::decode(&[0x21, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4], a, a),
+            Err(DecodeError::Version(2))
+        );
+        assert_eq!(
+            Advert::decode(&[0x32, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4], a, a),
+            Err(DecodeError::Type(2))
+        );
+        assert_eq!(
+            Advert::decode(&[0x31, 1, 1, 0, 0, 10, 0, 0], a, a),
+            Err(DecodeError::NoAddresses)
+        );
+        assert!(matches!(
+            Advert::decode(&[0x31, 1, 1, 2, 0, 10, 0, 0, 1, 2, 3, 4], a, a),
+            Err(DecodeError::Truncated { need: 16, .. })
+        ));
+        assert!(matches!(
+            Advert::decode(&[0x31, 1, 1, 1, 0, 10, 0, 0, 1, 2, 3, 4, 5], a, a),
+            Err(DecodeError::Length { .. })
+        ));
         // Every prefix and every single-byte corruption of a good message.
-        let good = Advert { vrid: 1, priority: 9, max_adver_int_cs: 10, addresses: vec![Ipv4Addr::new(127, 0, 0, 9)] }.encode(a, a);
+        let good = Advert {
+            vrid: 1,
+            priority: 9,
+            max_adver_int_cs: 10,
+            addresses: vec![Ipv4Addr::new(127, 0, 0, 9)],
+        }
+        .encode(a, a);
         for n in 0..good.len() {
             assert!(Advert::decode(&good[..n], a, a).is_err());
         }
@@ -340,13 +408,24 @@ mod tests {
             }
         }
         assert!(parse_ipv4(&[0x45; 10]).is_none());
-        assert!(parse_ipv4(&[0x4f, 0, 0, 20, 0, 0, 0, 0, 255, 112, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]).is_none());
+        assert!(
+            parse_ipv4(&[
+                0x4f, 0, 0, 20, 0, 0, 0, 0, 255, 112, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2
+            ])
+            .is_none()
+        );
     }
 
     #[test]
     fn zero_interval_is_rejected() {
         let a = Ipv4Addr::LOCALHOST;
-        let mut msg = Advert { vrid: 1, priority: 9, max_adver_int_cs: 10, addresses: vec![a] }.encode(a, a);
+        let mut msg = Advert {
+            vrid: 1,
+            priority: 9,
+            max_adver_int_cs: 10,
+            addresses: vec![a],
+        }
+        .encode(a, a);
         msg[4] = 0;
         msg[5] = 0;
         msg[6] = 0;

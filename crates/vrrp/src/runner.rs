@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -80,9 +80,16 @@ pub struct UdpTransport {
 
 impl UdpTransport {
     /// Binds `local` and talks to `peers`.
-    pub async fn bind(local: SocketAddrV4, peers: Vec<SocketAddrV4>) -> std::io::Result<UdpTransport> {
+    pub async fn bind(
+        local: SocketAddrV4,
+        peers: Vec<SocketAddrV4>,
+    ) -> std::io::Result<UdpTransport> {
         let socket = UdpSocket::bind(local).await?;
-        Ok(UdpTransport { socket, local, peers })
+        Ok(UdpTransport {
+            socket,
+            local,
+            peers,
+        })
     }
 
     /// Sends `adv` to every peer, each with the checksum for its own destination.
@@ -106,7 +113,8 @@ impl UdpTransport {
             SocketAddr::V4(v4) if self.peers.iter().any(|p| p.ip() == v4.ip()) => *v4.ip(),
             other => return Err(RecvError::UnknownSender(other)),
         };
-        let adv = Advert::decode(&buf[..n], src, *self.local.ip()).map_err(|err| RecvError::Decode { from: src, err })?;
+        let adv = Advert::decode(&buf[..n], src, *self.local.ip())
+            .map_err(|err| RecvError::Decode { from: src, err })?;
         Ok((src, adv))
     }
 }
@@ -124,7 +132,11 @@ pub async fn run(
     let actions = machine.startup(tokio::time::Instant::now().into_std());
     apply(&machine, &transport, &mut hook, &stats, actions).await;
     stats.set_state(machine.state());
-    info!(state = machine.state().as_str(), priority = machine.config().priority, "vrrp started");
+    info!(
+        state = machine.state().as_str(),
+        priority = machine.config().priority,
+        "vrrp started"
+    );
     loop {
         let deadline = machine.deadline().map(tokio::time::Instant::from_std);
         let actions = tokio::select! {
@@ -173,10 +185,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn apply(machine: &Machine, transport: &UdpTransport, hook: &mut impl VipHook, stats: &Stats, actions: Vec<Action>) {
+async fn apply(
+    machine: &Machine,
+    transport: &UdpTransport,
+    hook: &mut impl VipHook,
+    stats: &Stats,
+    actions: Vec<Action>,
+) {
     for action in actions {
         match action {
-            Action::SendAdvert { priority } => transport.send(&machine.advert(priority), stats).await,
+            Action::SendAdvert { priority } => {
+                transport.send(&machine.advert(priority), stats).await
+            }
             Action::TakeVip => {
                 stats.became_master.fetch_add(1, Ordering::Relaxed);
                 info!("vrrp: MASTER, taking the VIP");

@@ -1,0 +1,204 @@
+//! The control socket of a running `hastack up` (`<state_dir>/control.sock`): one JSON
+//! request per line, one JSON response per line. The client side is the `status`,
+//! `stop`, `start`, `kill` and `down` commands.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigArg;
+
+/// A command for the supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    /// `status`, `stop`, `start`, `kill` or `down`.
+    pub(crate) cmd: String,
+    /// The node, for `stop`, `start` and `kill`.
+    #[serde(default)]
+    pub(crate) node: String,
+}
+
+/// The supervisor's answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Response {
+    /// Whether the command was carried out.
+    pub(crate) ok: bool,
+    /// What went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+    /// What was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) message: Option<String>,
+    /// For `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<StatusReport>,
+}
+
+/// The stack as the supervisor sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StatusReport {
+    /// Site name.
+    pub(crate) site: String,
+    /// Site URL through the VIP.
+    pub(crate) url: String,
+    /// State directory.
+    pub(crate) state_dir: String,
+    /// `mariadb` or `sqlite`.
+    pub(crate) db_engine: String,
+    /// Every node.
+    pub(crate) nodes: Vec<NodeStatus>,
+}
+
+/// One node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NodeStatus {
+    /// Name.
+    pub(crate) name: String,
+    /// Tier.
+    pub(crate) role: String,
+    /// Address.
+    pub(crate) address: String,
+    /// `running`, `starting`, `stopped`, `killed`, `exited: …`, `not started`.
+    pub(crate) state: String,
+    /// Process id while it runs.
+    pub(crate) pid: Option<u32>,
+    /// `/healthz` of the node.
+    pub(crate) admin: String,
+    /// Whether `/healthz` answered 200.
+    pub(crate) healthy: Option<bool>,
+    /// The `/healthz` document.
+    pub(crate) health: Option<serde_json::Value>,
+}
+
+/// The control socket of a state directory.
+pub(crate) fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Sends one request to the supervisor of `state_dir`.
+pub(crate) fn send(state_dir: &Path, req: &Request) -> anyhow::Result<Response> {
+    let path = socket_path(state_dir);
+    let stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "no running stack: cannot connect to {} (start one with `hastack up`)",
+            path.display()
+        )
+    })?;
+    // `start` and `down` wait for nodes; the supervisor has its own deadlines.
+    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading the supervisor's answer")?;
+    serde_json::from_str(&answer)
+        .with_context(|| format!("unreadable answer from the supervisor: {answer:?}"))
+}
+
+fn target(config: &ConfigArg) -> anyhow::Result<PathBuf> {
+    let topo = crate::load(config)?;
+    crate::state_dir(&topo)
+}
+
+/// `stop`, `start`, `kill`, `down`.
+pub(crate) fn simple(config: &ConfigArg, cmd: &str, node: &str) -> anyhow::Result<ExitCode> {
+    let resp = send(
+        &target(config)?,
+        &Request {
+            cmd: cmd.into(),
+            node: node.into(),
+        },
+    )?;
+    if resp.ok {
+        println!("{}", resp.message.unwrap_or_else(|| "ok".into()));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()))
+    }
+}
+
+/// `status [--json]`.
+pub(crate) fn status(config: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+    let resp = send(
+        &target(config)?,
+        &Request {
+            cmd: "status".into(),
+            node: String::new(),
+        },
+    )?;
+    let Some(report) = resp.status else {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "no status".into()));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a node's health says in one word or two.
+fn detail(n: &NodeStatus) -> String {
+    let Some(h) = &n.health else {
+        return String::new();
+    };
+    let field = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    match n.role.as_str() {
+        "lb" => format!("vrrp {}", field("vrrp")),
+        "db" => {
+            let role = field("db_role");
+            match h
+                .get("replication")
+                .and_then(|r| r.get("sql_running"))
+                .and_then(|v| v.as_str())
+            {
+                Some(sql) => format!("{role}, replicating: {sql}"),
+                None => role.to_string(),
+            }
+        }
+        "app" => format!("db {}", field("db")),
+        _ => String::new(),
+    }
+}
+
+/// The node table.
+pub(crate) fn render_table(r: &StatusReport) -> String {
+    let mut out = format!(
+        "{:<8} {:<4} {:<15} {:<8} {:<16} {}\n",
+        "NODE", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH"
+    );
+    for n in &r.nodes {
+        let health = match n.healthy {
+            Some(true) => "ok",
+            Some(false) => "failing",
+            None => "-",
+        };
+        let d = detail(n);
+        out.push_str(&format!(
+            "{:<8} {:<4} {:<15} {:<8} {:<16} {}{}\n",
+            n.name,
+            n.role,
+            n.address,
+            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            n.state,
+            health,
+            if d.is_empty() {
+                String::new()
+            } else {
+                format!(" ({d})")
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "\nsite: {} → {}   database: {}\n",
+        r.site, r.url, r.db_engine
+    ));
+    out
+}

@@ -1,0 +1,115 @@
+//! `hastack node NAME`: one node process. Finds itself in the topology, runs its tier's
+//! code until SIGTERM or SIGINT, then shuts down gracefully within a deadline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use hastack_config::Role;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How long a node may take to stop after SIGTERM before it exits anyway.
+fn stop_deadline(role: Role) -> Duration {
+    match role {
+        Role::Db => Duration::from_secs(70),
+        _ => Duration::from_secs(10),
+    }
+}
+
+pub(crate) fn main(
+    name: &str,
+    config: &Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    sqlite: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    let topo = crate::load(&crate::ConfigArg {
+        config: config.clone(),
+    })?;
+    let node = topo
+        .node(name)
+        .with_context(|| format!("no node `{name}` in {}", topo.source.display()))?
+        .clone();
+    let state_dir = match state_dir {
+        Some(d) => d,
+        None => crate::state_dir(&topo)?,
+    };
+    // Current-thread runtime: children (mariadbd) are spawned from the main thread,
+    // which lives as long as the process (see hastack_runtime::child).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let span = tracing::info_span!("node", name = %name);
+    let _enter = span.enter();
+    rt.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let run = async {
+            let r: anyhow::Result<()> = match node.role {
+                Role::Lb => hastack_lb::run(&topo, name, rx).await.map_err(Into::into),
+                Role::Web => hastack_web::run(&topo, name, rx).await.map_err(Into::into),
+                Role::App => {
+                    let data = match sqlite {
+                        Some(p) => hastack_app::DataSource::Sqlite(p),
+                        None => hastack_app::DataSource::MariaDb,
+                    };
+                    hastack_app::run(&topo, name, data, rx)
+                        .await
+                        .map_err(Into::into)
+                }
+                Role::Db => hastack_db::run(&topo, name, &state_dir, rx)
+                    .await
+                    .map_err(Into::into),
+            };
+            r
+        };
+        tokio::pin!(run);
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = term.recv() => stop(&tx, &mut run, node.role).await,
+            _ = int.recv() => stop(&tx, &mut run, node.role).await,
+        };
+        match result {
+            Ok(()) => {
+                info!("stopped");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("{name}: error: {e:#}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+async fn stop(
+    tx: &watch::Sender<bool>,
+    run: &mut std::pin::Pin<&mut impl std::future::Future<Output = anyhow::Result<()>>>,
+    role: Role,
+) -> anyhow::Result<()> {
+    info!("stopping");
+    let _ = tx.send(true);
+    match tokio::time::timeout(stop_deadline(role), run.as_mut()).await {
+        Ok(r) => r,
+        Err(_) => {
+            warn!(
+                "did not stop within {:?}; exiting anyway",
+                stop_deadline(role)
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! `hastack up`: runs every node of the topology as a child process, tier by tier
+//! (db, app, web, lb), shows progress until each answers `/healthz`, then serves the
+//! control socket until Ctrl-C, SIGTERM or `hastack down`, and stops the tiers in the
+//! opposite order (lb, web, app, db).
+//!
+//! Architecture invariants:
+//! - No child outlives the supervisor: children are spawned from the main thread of a
+//!   current-thread runtime with `PR_SET_PDEATHSIG` (SIGTERM), so even a SIGKILLed
+//!   supervisor takes them down; each db node in turn takes its `mariadbd`.
+//! - A node that dies stays down and is shown so; only `hastack start` restarts it.
+//! - Every wait has a deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use hastack_config::{Node, Role, Topology};
+
+use crate::control::{self, NodeStatus, Request, Response, StatusReport};
+use crate::http_get;
+
+/// How long a tier may take to become ready.
+fn ready_deadline(role: Role) -> Duration {
+    match role {
+        // mariadb-install-db plus the first start.
+        Role::Db => Duration::from_secs(180),
+        _ => Duration::from_secs(90),
+    }
+}
+
+/// How long a node may take to stop after SIGTERM before it is killed.
+fn stop_deadline(role: Role) -> Duration {
+    match role {
+        Role::Db => Duration::from_secs(75),
+        _ => Duration::from_secs(15),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NodeState {
+    NotStarted,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Killed,
+    Exited(String),
+}
+
+impl NodeState {
+    fn label(&self) -> String {
+        match self {
+            NodeState::NotStarted => "not started".into(),
+            NodeState::Starting => "starting".into(),
+            NodeState::Running => "running".into(),
+            NodeState::Stopping => "stopping".into(),
+            NodeState::Stopped => "stopped".into(),
+            NodeState::Killed => "killed".into(),
+            NodeState::Exited(why) => format!("exited ({why})"),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        matches!(
+            self,
+            NodeState::Starting | NodeState::Running | NodeState::Stopping
+        )
+    }
+}
+
+struct Slot {
+    node: Node,
+    state: NodeState,
+    pid: Option<u32>,
+    generation: u64,
+}
+
+struct Supervisor {
+    topo: Topology,
+    exe: PathBuf,
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    sqlite: Option<PathBuf>,
+    slots: Mutex<Vec<Slot>>,
+    /// Signalled whenever a child exits.
+    exited: Notify,
+    /// Signalled when `down` has stopped everything.
+    done: Notify,
+}
+
+/// Runs `hastack up`.
+pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let topo = crate::load(&crate::ConfigArg {
+        config: config.clone(),
+    })?;
+    let state_dir = crate::state_dir(&topo)?;
+    std::fs::create_dir_all(state_dir.join("logs"))
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let sock = control::socket_path(&state_dir);
+    if sock.as_os_str().len() > 107 {
+        anyhow::bail!(
+            "the control socket path {} is too long for a unix socket; use a shorter state_dir",
+            sock.display()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
+        anyhow::bail!(
+            "a stack is already running with state in {} (see `hastack status`, stop it with `hastack down`)",
+            state_dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(&sock);
+
+    let cwd = std::env::current_dir()?;
+    let config_path = match config {
+        Some(p) => crate::absolute(&cwd, p),
+        None => {
+            let p = state_dir.join("topology.toml");
+            std::fs::write(&p, hastack_config::DEFAULT_TOPOLOGY)
+                .with_context(|| format!("writing {}", p.display()))?;
+            p
+        }
+    };
+    let has_mariadb = hastack_db::find_program(&topo.db.mariadbd).is_some()
+        && hastack_db::find_program("mariadb-install-db").is_some();
+    let sqlite = if has_mariadb {
+        None
+    } else {
+        let p = state_dir.join("app.sqlite");
+        println!(
+            "hastack: {} not found: the app tier uses embedded SQLite ({}) and db nodes are not started; install mariadb-server for the MariaDB tier with replicas",
+            topo.db.mariadbd,
+            p.display()
+        );
+        Some(p)
+    };
+    let slots = topo
+        .nodes
+        .iter()
+        .filter(|n| !(sqlite.is_some() && n.role == Role::Db))
+        .map(|n| Slot {
+            node: n.clone(),
+            state: NodeState::NotStarted,
+            pid: None,
+            generation: 0,
+        })
+        .collect();
+    let sup = Arc::new(Supervisor {
+        exe: std::env::current_exe().context("locating the hastack binary")?,
+        config_path,
+        state_dir,
+        sqlite,
+        slots: Mutex::new(slots),
+        exited: Notify::new(),
+        done: Notify::new(),
+        topo,
+    });
+    // Current-thread: children are forked from the main thread (see module docs).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(sup.run())
+}
+
+impl Supervisor {
+    fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        // A panic while holding this lock is a bug; keep serving with the data as is.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{name}.log"))
+    }
+
+    fn role_of(&self, name: &str) -> Option<Role> {
+        self.slots()
+            .iter()
+            .find(|s| s.node.name == name)
+            .map(|s| s.node.role)
+    }
+
+    fn admin_addr(&self, node: &Node) -> SocketAddr {
+        SocketAddr::from((node.address, self.topo.ports.admin))
+    }
+
+    async fn run(self: Arc<Self>) -> anyhow::Result<ExitCode> {
+        let listener =
+            UnixListener::bind(control::socket_path(&self.state_dir)).with_context(|| {
+                format!("binding the control socket in {}", self.state_dir.display())
+            })?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let total = self.slots().len();
+        println!(
+            "hastack: starting {} — {total} nodes, state in {}",
+            self.topo.site,
+            self.state_dir.display()
+        );
+        let started = Instant::now();
+        let startup = self.clone().start_all();
+        tokio::pin!(startup);
+        let ok = tokio::select! {
+            r = &mut startup => r,
+            _ = sigint.recv() => Err("interrupted".to_string()),
+            _ = sigterm.recv() => Err("terminated".to_string()),
+        };
+        if let Err(why) = ok {
+            println!("hastack: {why}; stopping what was started");
+            self.stop_all().await;
+            let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
+            return Ok(ExitCode::FAILURE);
+        }
+        let report = self.status().await;
+        print!("\n{}", control::render_table(&report));
+        println!(
+            "ready in {:.1} s — open {}   (Host: {})\ncontrol: hastack status | stop NODE | start NODE | kill NODE | down   (logs in {})",
+            started.elapsed().as_secs_f64(),
+            report.url,
+            self.topo.site,
+            self.state_dir.join("logs").display()
+        );
+
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = self.done.notified() => {
+                    let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
+                    println!("hastack: down");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(self.clone().serve_control(stream));
+                    }
+                }
+            }
+        }
+        println!("hastack: stopping (lb, web, app, db)");
+        self.stop_all().await;
+        let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
+        println!("hastack: stopped");
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Starts the tiers in order, each once the one below it is ready.
+    async fn start_all(self: Arc<Self>) -> Result<(), String> {
+        let total = self.slots().len();
+        let mut ready = 0usize;
+        for role in [Role::Db, Role::App, Role::Web, Role::Lb] {
+            let names: Vec<String> = self
+                .slots()
+                .iter()
+                .filter(|s| s.node.role == role)
+                .map(|s| s.node.name.clone())
+                .collect();
+            if names.is_empty() {
+                continue;
+            }
+            let tier_start = Instant::now();
+            let mut waits = JoinSet::new();
+            for name in &names {
+                self.spawn_node(name)
+                    .map_err(|e| format!("{name} failed to start: {e}"))?;
+                let sup = self.clone();
+                let name = name.clone();
+                waits.spawn(async move {
+                    let r = sup.wait_ready(&name, ready_deadline(role)).await;
+                    (name, r)
+                });
+            }
+            let mut pending: Vec<String> = names.clone();
+            let mut ticker = tokio::time::interval(Duration::from_secs(5));
+            ticker.tick().await;
+            while !waits.is_empty() {
+                tokio::select! {
+                    joined = waits.join_next() => {
+                        let Some(Ok((name, r))) = joined else { continue };
+                        r.map_err(|e| format!("{name} failed to start: {e}"))?;
+                        ready += 1;
+                        pending.retain(|n| *n != name);
+                        println!("  [{ready}/{total}] {name:<6} {role:<3} ready after {:.1} s", tier_start.elapsed().as_secs_f64());
+                    }
+                    _ = ticker.tick() => {
+                        println!("        waiting for {} … {:.0} s", pending.join(", "), tier_start.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Spawns node `name` as a child process.
+    fn spawn_node(self: &Arc<Self>, name: &str) -> Result<u32, String> {
+        let log_path = self.log_path(name);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        {
+            use std::io::Write;
+            let _ = writeln!(
+                log,
+                "=== hastack node {name}: started by the supervisor (pid {}) ===",
+                std::process::id()
+            );
+        }
+        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("node")
+            .arg(name)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log))
+            // Ctrl-C reaches the supervisor only, which stops the tiers in order.
+            .process_group(0);
+        if let (Some(db), Some(Role::App)) = (&self.sqlite, self.role_of(name)) {
+            cmd.arg("--sqlite").arg(db);
+        }
+        hastack_runtime::child::die_with_parent(&mut cmd, Signal::SIGTERM);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", self.exe.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let generation = {
+            let mut slots = self.slots();
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.node.name == name)
+                .ok_or_else(|| format!("no node {name}"))?;
+            slot.generation += 1;
+            slot.state = NodeState::Starting;
+            slot.pid = Some(pid);
+            slot.generation
+        };
+        let sup = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let why = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let mut report = None;
+            {
+                let mut slots = sup.slots();
+                if let Some(slot) = slots
+                    .iter_mut()
+                    .find(|s| s.node.name == name && s.generation == generation)
+                {
+                    slot.pid = None;
+                    slot.state = match slot.state {
+                        NodeState::Stopping => NodeState::Stopped,
+                        NodeState::Killed => NodeState::Killed,
+                        _ => {
+                            report = Some(why.clone());
+                            NodeState::Exited(why)
+                        }
+                    };
+                }
+            }
+            if let Some(why) = report {
+                println!(
+                    "hastack: {name} exited ({why}): {}",
+                    last_error_line(&sup.log_path(&name))
+                );
+            }
+            sup.exited.notify_waiters();
+        });
+        Ok(pid)
+    }
+
+    /// Waits until `name` answers `/healthz` with 200, or fails if it exits first.
+    async fn wait_ready(&self, name: &str, deadline: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        let node = self
+            .slots()
+            .iter()
+            .find(|s| s.node.name == name)
+            .map(|s| s.node.clone())
+            .ok_or("unknown node")?;
+        let addr = self.admin_addr(&node);
+        let mut last;
+        loop {
+            let state = self
+                .slots()
+                .iter()
+                .find(|s| s.node.name == name)
+                .map(|s| s.state.clone());
+            match state {
+                Some(NodeState::Starting | NodeState::Running) => {}
+                Some(NodeState::Exited(why)) => {
+                    return Err(format!(
+                        "exited ({why}): {}",
+                        last_error_line(&self.log_path(name))
+                    ));
+                }
+                Some(other) => return Err(format!("is {}", other.label())),
+                None => return Err("unknown node".into()),
+            }
+            match http_get::get(addr, "/healthz", Duration::from_millis(1000)).await {
+                Ok((200, _)) => {
+                    if let Some(s) = self.slots().iter_mut().find(|s| s.node.name == name) {
+                        if s.state == NodeState::Starting {
+                            s.state = NodeState::Running;
+                        }
+                    }
+                    return Ok(());
+                }
+                Ok((code, body)) => last = format!("/healthz answered {code}: {body}"),
+                Err(e) => last = e,
+            }
+            if started.elapsed() > deadline {
+                return Err(format!(
+                    "not ready within {deadline:?} (last: {last}; log: {})",
+                    last_error_line(&self.log_path(name))
+                ));
+            }
+            tokio::select! {
+                _ = self.exited.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// Sends `signal` to a node; with SIGTERM waits for it to exit (SIGKILL after the deadline).
+    async fn stop_node(&self, name: &str, sig: Signal) -> Result<String, String> {
+        let (pid, role) = {
+            let mut slots = self.slots();
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.node.name == name)
+                .ok_or_else(|| format!("no node named `{name}`"))?;
+            let Some(pid) = slot.pid.filter(|_| slot.state.alive()) else {
+                return Err(format!("{name} is not running ({})", slot.state.label()));
+            };
+            slot.state = if sig == Signal::SIGKILL {
+                NodeState::Killed
+            } else {
+                NodeState::Stopping
+            };
+            (pid, slot.node.role)
+        };
+        let pid = Pid::from_raw(pid as i32);
+        let _ = kill(pid, sig);
+        let started = Instant::now();
+        let mut escalated = false;
+        loop {
+            let alive = self
+                .slots()
+                .iter()
+                .find(|s| s.node.name == name)
+                .is_some_and(|s| s.pid.is_some());
+            if !alive {
+                break;
+            }
+            if !escalated && started.elapsed() > stop_deadline(role) {
+                println!(
+                    "hastack: {name} did not stop within {:?}; killing it",
+                    stop_deadline(role)
+                );
+                let _ = kill(pid, Signal::SIGKILL);
+                escalated = true;
+            }
+            if started.elapsed() > stop_deadline(role) + Duration::from_secs(10) {
+                return Err(format!("{name} (pid {pid}) would not exit"));
+            }
+            tokio::select! {
+                _ = self.exited.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        let verb = if sig == Signal::SIGKILL {
+            "killed"
+        } else {
+            "stopped"
+        };
+        Ok(format!("{name} {verb}"))
+    }
+
+    /// Stops every running node, tier by tier from the top.
+    async fn stop_all(self: &Arc<Self>) {
+        for role in [Role::Lb, Role::Web, Role::App, Role::Db] {
+            let names: Vec<String> = self
+                .slots()
+                .iter()
+                .filter(|s| s.node.role == role && s.state.alive())
+                .map(|s| s.node.name.clone())
+                .collect();
+            let mut set = JoinSet::new();
+            for name in names {
+                let sup = self.clone();
+                set.spawn(async move { sup.stop_node(&name, Signal::SIGTERM).await });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Ok(Err(e)) = r {
+                    println!("hastack: {e}");
+                }
+            }
+        }
+    }
+
+    async fn status(&self) -> StatusReport {
+        let snapshot: Vec<(Node, NodeState, Option<u32>)> = self
+            .slots()
+            .iter()
+            .map(|s| (s.node.clone(), s.state.clone(), s.pid))
+            .collect();
+        let mut probes = JoinSet::new();
+        for (node, state, _) in &snapshot {
+            if state.alive() {
+                let addr = self.admin_addr(node);
+                let name = node.name.clone();
+                probes.spawn(async move {
+                    (
+                        name,
+                        http_get::get(addr, "/healthz", Duration::from_millis(800)).await,
+                    )
+                });
+            }
+        }
+        let mut health: HashMap<String, (bool, Option<serde_json::Value>)> = HashMap::new();
+        while let Some(Ok((name, r))) = probes.join_next().await {
+            let entry = match r {
+                Ok((code, body)) => (code == 200, serde_json::from_str(&body).ok()),
+                Err(_) => (false, None),
+            };
+            health.insert(name, entry);
+        }
+        let nodes = snapshot
+            .into_iter()
+            .map(|(node, state, pid)| {
+                let h = health.remove(&node.name);
+                NodeStatus {
+                    admin: format!("http://{}/healthz", self.admin_addr(&node)),
+                    name: node.name,
+                    role: node.role.to_string(),
+                    address: node.address.to_string(),
+                    state: state.label(),
+                    pid,
+                    healthy: h.as_ref().map(|(ok, _)| *ok),
+                    health: h.and_then(|(_, j)| j),
+                }
+            })
+            .collect();
+        StatusReport {
+            site: self.topo.site.clone(),
+            url: self.topo.site_url(),
+            state_dir: self.state_dir.display().to_string(),
+            db_engine: if self.sqlite.is_some() {
+                "sqlite".into()
+            } else {
+                "mariadb".into()
+            },
+            nodes,
+        }
+    }
+
+    async fn serve_control(self: Arc<Self>, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let Ok(Some(line)) = lines.next_line().await else {
+            return;
+        };
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => self.handle(req).await,
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                ..Default::default()
+            },
+        };
+        let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+        out.push('\n');
+        let _ = write.write_all(out.as_bytes()).await;
+        let _ = write.shutdown().await;
+    }
+
+    async fn handle(self: &Arc<Self>, req: Request) -> Response {
+        let done = |r: Result<String, String>| match r {
+            Ok(m) => Response {
+                ok: true,
+                message: Some(m),
+                ..Default::default()
+            },
+            Err(e) => Response {
+                ok: false,
+                error: Some(e),
+                ..Default::default()
+            },
+        };
+        match req.cmd.as_str() {
+            "status" => Response {
+                ok: true,
+                status: Some(self.status().await),
+                ..Default::default()
+            },
+            "stop" => {
+                let r = self.stop_node(&req.node, Signal::SIGTERM).await;
+                if let Ok(m) = &r {
+                    println!("hastack: {m}");
+                }
+                done(r)
+            }
+            "kill" => {
+                let r = self.stop_node(&req.node, Signal::SIGKILL).await;
+                if let Ok(m) = &r {
+                    println!("hastack: {m}");
+                }
+                done(r)
+            }
+            "start" => done(self.start_node(&req.node).await),
+            "down" => {
+                println!("hastack: down requested; stopping (lb, web, app, db)");
+                self.stop_all().await;
+                self.done.notify_one();
+                done(Ok("all nodes stopped".into()))
+            }
+            other => done(Err(format!("unknown command `{other}`"))),
+        }
+    }
+
+    async fn start_node(self: &Arc<Self>, name: &str) -> Result<String, String> {
+        let role = {
+            let slots = self.slots();
+            let slot = slots
+                .iter()
+                .find(|s| s.node.name == name)
+                .ok_or_else(|| format!("no node named `{name}`"))?;
+            if slot.state.alive() {
+                return Err(format!("{name} is already {}", slot.state.label()));
+            }
+            slot.node.role
+        };
+        let started = Instant::now();
+        self.spawn_node(name)?;
+        self.wait_ready(name, ready_deadline(role))
+            .await
+            .map_err(|e| format!("{name} failed to start: {e}"))?;
+        let msg = format!(
+            "{name} started, ready after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        println!("hastack: {msg}");
+        Ok(msg)
+    }
+}
+
+/// The last line of a node's log that says something went wrong (or the last line).
+fn last_error_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("error") || l.contains("ERROR"))
+        .or(lines.last())
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| format!("(nothing in {})", log.display()))
+}

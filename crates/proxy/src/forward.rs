@@ -1,0 +1,368 @@
+//! Forwarding one request to a pool: header rewriting (hop-by-hop, `X-Forwarded-*`,
+//! `X-Served-By`), retries on another server when that is safe, and the error answers
+//! (502, 503, 504, 413) when no server can take the request.
+//!
+//! Retry rule: a request whose connection was refused never reached a server, so it
+//! goes to the next one whatever its method; an idempotent request also goes to the
+//! next server after any other upstream error; a POST that may have reached a server
+//! is never sent twice.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tracing::{debug, warn};
+
+use crate::pool::Pool;
+
+/// A response body: streamed from upstream, or made here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The header every tier extends with its node name, so a response shows its path.
+pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// How a proxy treats requests.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// This node's name, put in `X-Served-By`.
+    pub node_name: String,
+    /// The scheme clients used to reach this proxy (`X-Forwarded-Proto`).
+    pub scheme: &'static str,
+    /// Keep an incoming `X-Forwarded-Proto` (set by a proxy in front) instead of
+    /// overwriting it. False at the edge, where clients could forge it.
+    pub trust_forwarded_proto: bool,
+    /// Largest request body accepted (413 above).
+    pub max_body: usize,
+    /// Longest wait for an upstream's response headers (504 after).
+    pub response_timeout: Duration,
+}
+
+impl ProxyOptions {
+    /// Defaults for a proxy called `node_name`.
+    pub fn new(node_name: &str) -> ProxyOptions {
+        ProxyOptions {
+            node_name: node_name.to_string(),
+            scheme: "http",
+            trust_forwarded_proto: false,
+            max_body: 8 << 20,
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ClassLabels {
+    code: &'static str,
+}
+
+/// A reverse proxy in front of one pool.
+#[derive(Debug)]
+pub struct Proxy {
+    opts: ProxyOptions,
+    served_by: HeaderValue,
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    responses: [Counter; 6],
+}
+
+/// Whether the method may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in conn.split(',') {
+            let name = name.trim();
+            if !name.is_empty() {
+                headers.remove(name);
+            }
+        }
+    }
+    for h in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Puts `name` in front of the `X-Served-By` of a response (`lb1, web2, app1`).
+pub fn prepend_served_by(headers: &mut HeaderMap, name: &HeaderValue) {
+    let value = match headers.get(&X_SERVED_BY) {
+        Some(old) => {
+            let mut v = Vec::with_capacity(name.len() + 2 + old.len());
+            v.extend_from_slice(name.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(old.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| name.clone())
+        }
+        None => name.clone(),
+    };
+    headers.insert(X_SERVED_BY.clone(), value);
+}
+
+impl Proxy {
+    /// A proxy to `pool`; its metrics go into `registry`.
+    pub fn new(opts: ProxyOptions, pool: Arc<Pool>, registry: &mut Registry) -> Arc<Proxy> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let family = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "hastack_proxy_responses",
+            "Responses sent to clients, by status class",
+            family.clone(),
+        );
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+            .map(|code| family.get_or_create(&ClassLabels { code }).clone());
+        let served_by = HeaderValue::from_str(&opts.node_name)
+            .unwrap_or_else(|_| HeaderValue::from_static("hastack"));
+        Arc::new(Proxy {
+            opts,
+            served_by,
+            pool,
+            client,
+            responses,
+        })
+    }
+
+    /// The pool behind this proxy.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    fn count(&self, status: StatusCode) {
+        let i = match status.as_u16() / 100 {
+            1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 3,
+            5 => 4,
+            _ => 5,
+        };
+        self.responses[i].inc();
+    }
+
+    /// A response made by this proxy itself.
+    pub fn local_response(&self, status: StatusCode, msg: &str) -> Response<ProxyBody> {
+        let body = format!(
+            "{{\"error\":\"{}\",\"proxy\":\"{}\"}}\n",
+            hastack_escape(msg),
+            hastack_escape(&self.opts.node_name)
+        );
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(X_SERVED_BY.clone(), self.served_by.clone());
+        self.count(status);
+        resp
+    }
+
+    /// Prepends this node to `X-Served-By` of a response made outside [`Proxy::forward`].
+    pub fn stamp(&self, resp: &mut Response<ProxyBody>) {
+        prepend_served_by(resp.headers_mut(), &self.served_by);
+        self.count(resp.status());
+    }
+
+    /// Forwards `req`, received from `peer`, to a server of the pool.
+    pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.opts.max_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return self
+                        .local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                return self
+                    .local_response(StatusCode::BAD_REQUEST, "could not read the request body");
+            }
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        append_forwarded_for(&mut headers, peer);
+        if !self.opts.trust_forwarded_proto || !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(self.opts.scheme),
+            );
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let may_repeat = idempotent(&parts.method);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = String::from("no healthy server");
+        loop {
+            let Some((index, server)) = self.pool.pick(&tried) else {
+                let status = if tried.is_empty() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                warn!(pool = self.pool.name(), error = %last_error, "no server could take the request");
+                return self
+                    .local_response(status, &format!("{} pool: {last_error}", self.pool.name()));
+            };
+            tried.push(index);
+            let uri = match Uri::builder()
+                .scheme("http")
+                .authority(server.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+            {
+                Ok(u) => u,
+                Err(_) => {
+                    return self.local_response(StatusCode::BAD_REQUEST, "bad request target");
+                }
+            };
+            let mut up = Request::new(Full::new(body.clone()));
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = headers.clone();
+            server.requests.inc();
+            match tokio::time::timeout(self.opts.response_timeout, self.client.request(up)).await {
+                Ok(Ok(mut resp)) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    prepend_served_by(resp.headers_mut(), &self.served_by);
+                    self.count(resp.status());
+                    return resp.map(Either::Left);
+                }
+                Ok(Err(e)) => {
+                    server.failures.inc();
+                    last_error = format!("{}: {e}", server.name);
+                    if e.is_connect() {
+                        server.mark_down(&format!("connection failed: {e}"));
+                        debug!(server = %server.name, "connect failed, trying the next server");
+                        continue;
+                    }
+                    if may_repeat {
+                        debug!(server = %server.name, error = %e, "upstream error, retrying an idempotent request");
+                        continue;
+                    }
+                    warn!(server = %server.name, error = %e, "upstream error on a non-idempotent request; not retried");
+                    return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
+                }
+                Err(_) => {
+                    server.failures.inc();
+                    warn!(server = %server.name, "no response within {:?}", self.opts.response_timeout);
+                    return self.local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("{} did not answer in time", server.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(old) => format!("{old}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn hastack_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_with_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("www.foobar.com"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn served_by_lists_the_path_from_the_edge_down() {
+        let mut h = HeaderMap::new();
+        h.insert(X_SERVED_BY.clone(), HeaderValue::from_static("app1"));
+        prepend_served_by(&mut h, &HeaderValue::from_static("web2"));
+        prepend_served_by(&mut h, &HeaderValue::from_static("lb1"));
+        assert_eq!(
+            h.get(&X_SERVED_BY).map(|v| v.as_bytes()),
+            Some(&b"lb1, web2, app1"[..])
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, SocketAddr::from(([127, 0, 0, 9], 1)));
+        append_forwarded_for(&mut h, SocketAddr::from(([127, 0, 1, 1], 1)));
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"127.0.0.9, 127.0.1.1"[..])
+        );
+    }
+
+    #[test]
+    fn only_safe_methods_are_repeated() {
+        assert!(idempotent(&Method::GET));
+        assert!(idempotent(&Method::PUT));
+        assert!(!idempotent(&Method::POST));
+        assert!(!idempotent(&Method::PATCH));
+    }
+}

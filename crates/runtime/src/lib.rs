@@ -1,0 +1,236 @@
+//! What every hastack node process shares, whatever its tier:
+//!
+//! - the admin endpoints, `GET /healthz` and Prometheus `GET /metrics` ([`Admin`]);
+//! - the one HTTP/1 accept loop (keep-alive, header timeout, graceful drain) that the
+//!   admin, lb and web listeners use ([`serve_http1`]);
+//! - child processes that die with their parent ([`child::die_with_parent`]).
+//!
+//! Nothing here knows about tiers: a node hands in a health probe and a metrics
+//! registry.
+
+pub mod child;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// A node's answer to `/healthz`: healthy or not, and a JSON object saying why.
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    /// 200 when true, 503 when false.
+    pub healthy: bool,
+    /// A JSON document (the node's role, its state, what it checked).
+    pub json: String,
+}
+
+/// The probe a node runs on each `/healthz`.
+pub type HealthProbe =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = HealthReport> + Send>> + Send + Sync>;
+
+/// Extra metrics text a node renders at scrape time (values read from elsewhere).
+pub type MetricsExtra = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// How long a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stopping listener lets open requests finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves HTTP/1.1 with keep-alive on `listener` until `shutdown` turns true, then stops
+/// accepting and gives open connections [`DRAIN_TIMEOUT`] to finish.
+pub async fn serve_http1<F, Fut, B>(
+    listener: TcpListener,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let svc = service_fn(move |req| {
+                    let fut = handler(req, peer);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// A small response with a body and content type.
+pub fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// The admin endpoints of one node.
+#[derive(Clone)]
+pub struct Admin {
+    probe: HealthProbe,
+    registry: Arc<Registry>,
+    extra: Option<MetricsExtra>,
+}
+
+impl Admin {
+    /// Admin endpoints answering with `probe` and `registry`.
+    pub fn new(probe: HealthProbe, registry: Registry, extra: Option<MetricsExtra>) -> Admin {
+        Admin {
+            probe,
+            registry: Arc::new(registry),
+            extra,
+        }
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+        }
+        match req.uri().path() {
+            "/healthz" => {
+                let report = (self.probe)().await;
+                let status = if report.healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                text_response(status, "application/json", report.json)
+            }
+            "/metrics" => {
+                let mut out = String::new();
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry)
+                {
+                    return text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("encoding metrics: {e}\n"),
+                    );
+                }
+                // `encode` ends with "# EOF"; extra families must come before it.
+                if let Some(extra) = &self.extra {
+                    let body = out
+                        .strip_suffix("# EOF\n")
+                        .map(str::to_owned)
+                        .unwrap_or(out);
+                    let mut body = body;
+                    extra(&mut body);
+                    body.push_str("# EOF\n");
+                    out = body;
+                }
+                text_response(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    out,
+                )
+            }
+            _ => text_response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /healthz or /metrics\n",
+            ),
+        }
+    }
+
+    /// Serves the admin endpoints on `listener` until `shutdown`.
+    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let admin = Arc::new(self);
+        serve_http1(
+            listener,
+            move |req, _peer| {
+                let admin = admin.clone();
+                async move { admin.handle(req).await }
+            },
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// Escapes a string for a JSON string literal (without the quotes).
+pub fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` (and `SO_REUSEPORT` when `reuse_port`),
+/// so a restarted node can bind while old connections linger in TIME_WAIT.
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
