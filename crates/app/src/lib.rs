@@ -68,7 +68,7 @@ pub enum AppError {
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
     /// The primary did not answer before the deadline.
-    #[error("the database primary did not accept the schema within {0:?}: {1}")]
+    #[error("the database did not accept the schema within {0:?}: {1}")]
     PrimaryUnavailable(Duration, String),
 }
 
@@ -324,38 +324,43 @@ pub async fn run(
         source,
     })?;
 
-    let store = match data {
-        DataSource::Sqlite(path) => Store::sqlite(&path).await?,
-        DataSource::MariaDb => {
-            let target = |n: &hastack_config::Node| MariaDbTarget {
-                name: n.name.clone(),
-                host: n.address.to_string(),
-                port: topo.ports.db,
-            };
-            let primary = topo
-                .node(&topo.db.primary)
-                .map(target)
-                .ok_or_else(|| AppError::NotAnApp(name.to_string()))?;
-            let replicas: Vec<_> = topo
-                .tier(Role::Db)
-                .filter(|n| n.name != topo.db.primary)
-                .map(target)
-                .collect();
-            Store::mariadb(
-                &primary,
-                &replicas,
-                &topo.db.database,
-                &topo.db.user,
-                &topo.db.password,
-            )
-        }
-    };
-    // The primary may still be starting: retry the migrations until a deadline.
     let deadline = Duration::from_secs(60);
     let started = Instant::now();
-    loop {
-        match store.migrate().await {
-            Ok(()) => break,
+    // The primary may still be starting, and app nodes sharing an SQLite file may race
+    // to create it: retry opening and migrating until a deadline.
+    let store = loop {
+        let attempt = async {
+            let store = match &data {
+                DataSource::Sqlite(path) => Store::sqlite(path).await?,
+                DataSource::MariaDb => {
+                    let target = |n: &hastack_config::Node| MariaDbTarget {
+                        name: n.name.clone(),
+                        host: n.address.to_string(),
+                        port: topo.ports.db,
+                    };
+                    let primary = topo
+                        .node(&topo.db.primary)
+                        .map(target)
+                        .ok_or_else(|| AppError::NotAnApp(name.to_string()))?;
+                    let replicas: Vec<_> = topo
+                        .tier(Role::Db)
+                        .filter(|n| n.name != topo.db.primary)
+                        .map(target)
+                        .collect();
+                    Store::mariadb(
+                        &primary,
+                        &replicas,
+                        &topo.db.database,
+                        &topo.db.user,
+                        &topo.db.password,
+                    )
+                }
+            };
+            store.migrate().await?;
+            Ok::<_, AppError>(store)
+        };
+        match attempt.await {
+            Ok(store) => break store,
             Err(e) if started.elapsed() < deadline => {
                 info!(error = %e, "waiting for the database to accept the schema");
                 tokio::select! {
@@ -365,7 +370,7 @@ pub async fn run(
             }
             Err(e) => return Err(AppError::PrimaryUnavailable(deadline, e.to_string())),
         }
-    }
+    };
 
     let mut registry = Registry::default();
     let posts_created = Counter::default();

@@ -30,15 +30,14 @@ pub struct Post {
 
 /// A database error, with the pool it came from.
 #[derive(Debug, thiserror::Error)]
-#[error("{which}: {source}")]
+#[error("{which}: {cause}")]
 pub struct StoreError {
     which: &'static str,
-    #[source]
-    source: sqlx::Error,
+    cause: sqlx::Error,
 }
 
 fn err(which: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError { which, source }
+    move |cause| StoreError { which, cause }
 }
 
 /// Counters for `/metrics`.
@@ -167,7 +166,7 @@ impl Store {
                 .await
                 .map_err(|e| StoreError {
                     which: "primary",
-                    source: e.into(),
+                    cause: e.into(),
                 }),
             Store::Sqlite(pool) => {
                 sqlx::migrate!("migrations/sqlite")
@@ -175,7 +174,7 @@ impl Store {
                     .await
                     .map_err(|e| StoreError {
                         which: "sqlite",
-                        source: e.into(),
+                        cause: e.into(),
                     })
             }
         }

@@ -87,8 +87,9 @@ pub(crate) fn main(
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("{name}: error: {e:#}");
+                // Tier errors say everything in their own message.
+                tracing::error!("{e}");
+                eprintln!("{name}: error: {e}");
                 Ok(ExitCode::FAILURE)
             }
         }

@@ -1,0 +1,161 @@
+//! Load balancer failover and the supervisor's promises, on a stack whose app tier runs
+//! on the embedded SQLite fallback (the lb tier does not care which database is below).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Options, Stack, alive, eventually, http};
+
+fn served_by(stack: &Stack) -> Option<String> {
+    let r = stack.get("/api/posts").ok()?;
+    (r.status == 200).then(|| r.header("x-served-by").unwrap_or("").to_string())
+}
+
+#[test]
+fn vip_moves_to_lb2_within_a_second_of_killing_lb1_and_comes_back() {
+    let stack = Stack::up(Options { sqlite: true });
+    assert!(
+        stack.output().lines().any(|l| l.contains("not found")
+            && l.contains("SQLite")
+            && l.contains("mariadb-server")),
+        "one line must say why the app runs on SQLite:\n{}",
+        stack.output()
+    );
+    let by = eventually("lb1 to hold the VIP", Duration::from_secs(10), || {
+        served_by(&stack).filter(|s| s.starts_with("lb1, "))
+    });
+    assert_eq!(
+        by.split(", ").count(),
+        3,
+        "X-Served-By shows lb, web and app: {by}"
+    );
+
+    // A crash of the master: requests through the VIP must succeed again within 1 s.
+    stack.ctl_ok(&["kill", "lb1"]);
+    let killed = Instant::now();
+    let by = eventually("lb2 to serve the VIP", Duration::from_secs(1), || {
+        served_by(&stack).filter(|s| s.starts_with("lb2, "))
+    });
+    let takeover = killed.elapsed();
+    eprintln!("takeover after kill lb1: {takeover:?} ({by})");
+    let st = stack.status();
+    let lb1 = st["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == "lb1")
+        .expect("lb1")
+        .clone();
+    assert_eq!(
+        lb1["state"], "killed",
+        "a dead node stays down and is shown so"
+    );
+
+    // lb1 comes back with the higher priority and preempts.
+    stack.ctl_ok(&["start", "lb1"]);
+    eventually("lb1 to take the VIP back", Duration::from_secs(5), || {
+        served_by(&stack).filter(|s| s.starts_with("lb1, "))
+    });
+    let lb2 = http(stack.admin("lb2"), "GET", "/healthz", &[], "").expect("lb2 healthz");
+    assert!(
+        lb2.body.contains("\"vrrp\":\"backup\"") || lb2.body.contains("\"vrrp\":\"master\""),
+        "{}",
+        lb2.body
+    );
+    eventually("lb2 to step back", Duration::from_secs(5), || {
+        let r = http(stack.admin("lb2"), "GET", "/healthz", &[], "").ok()?;
+        r.body.contains("\"vrrp\":\"backup\"").then_some(())
+    });
+
+    // A graceful stop sends priority 0: lb2 takes over after its skew time.
+    stack.ctl_ok(&["stop", "lb1"]);
+    eventually("lb2 after a graceful stop", Duration::from_secs(1), || {
+        served_by(&stack).filter(|s| s.starts_with("lb2, "))
+    });
+}
+
+#[test]
+fn a_killed_web_node_gets_no_traffic_once_the_health_check_notices() {
+    let stack = Stack::up(Options { sqlite: true });
+    eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    // Both web nodes take traffic.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let r = stack.get("/static/style.css").expect("css");
+        assert_eq!(r.status, 200);
+        seen.insert(r.header("x-served-by").unwrap_or("").to_string());
+    }
+    assert!(
+        seen.iter().any(|s| s.contains("web1")) && seen.iter().any(|s| s.contains("web2")),
+        "{seen:?}"
+    );
+
+    stack.ctl_ok(&["kill", "web1"]);
+    eventually(
+        "lb1's health check to mark web1 down",
+        Duration::from_secs(5),
+        || {
+            let r = http(stack.admin("lb1"), "GET", "/healthz", &[], "").ok()?;
+            r.body
+                .contains("{\"name\":\"web1\",\"healthy\":false}")
+                .then_some(())
+        },
+    );
+    for i in 0..50 {
+        let path = if i % 2 == 0 {
+            "/static/app.js"
+        } else {
+            "/api/posts"
+        };
+        let r = stack
+            .get(path)
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(r.status, 200, "request {i} to {path}: {}", r.body);
+        assert!(
+            r.header("x-served-by").unwrap_or("").contains("web2"),
+            "{:?}",
+            r.headers
+        );
+    }
+}
+
+#[test]
+fn posts_round_trip_on_the_sqlite_fallback() {
+    let stack = Stack::up(Options { sqlite: true });
+    eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let r = http(
+        stack.vip(),
+        "POST",
+        "/api/posts",
+        &[("content-type", "application/json")],
+        r#"{"author":"eve","body":"embedded"}"#,
+    )
+    .expect("post");
+    assert_eq!(r.status, 201, "{}", r.body);
+    let post: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let again = stack
+        .get(&format!("/api/posts/{}", post["id"]))
+        .expect("get");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again.body).expect("json"),
+        post
+    );
+    assert_eq!(stack.status()["db_engine"], "sqlite");
+}
+
+#[test]
+fn no_child_outlives_a_sigkilled_supervisor() {
+    let mut stack = Stack::up(Options { sqlite: true });
+    let pids = stack.pids();
+    assert_eq!(pids.len(), 6, "lb, web and app nodes run: {pids:?}");
+    let child = stack.child.as_mut().expect("child");
+    child.kill().expect("SIGKILL the supervisor");
+    let _ = child.wait();
+    eventually("every node to exit", Duration::from_secs(20), || {
+        pids.iter().all(|(_, p)| !alive(*p)).then_some(())
+    });
+    eventually("the VIP to stop answering", Duration::from_secs(5), || {
+        (!common::listening(stack.vip())).then_some(())
+    });
+}
