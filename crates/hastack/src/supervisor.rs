@@ -418,10 +418,12 @@ impl Supervisor {
             }
             match http_get::get(addr, "/healthz", Duration::from_millis(1000)).await {
                 Ok((200, _)) => {
-                    if let Some(s) = self.slots().iter_mut().find(|s| s.node.name == name) {
-                        if s.state == NodeState::Starting {
-                            s.state = NodeState::Running;
-                        }
+                    if let Some(s) = self
+                        .slots()
+                        .iter_mut()
+                        .find(|s| s.node.name == name && s.state == NodeState::Starting)
+                    {
+                        s.state = NodeState::Running;
                     }
                     return Ok(());
                 }

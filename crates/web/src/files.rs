@@ -160,15 +160,10 @@ pub fn not_modified(req: &HeaderMap, file: &StaticFile) -> bool {
             .map(str::trim)
             .any(|t| t == "*" || t == ours || t.strip_prefix("W/") == Some(ours));
     }
-    if let Some(ims) = req
-        .get(header::IF_MODIFIED_SINCE)
+    req.get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
-    {
-        if let Ok(since) = httpdate::parse_http_date(ims) {
-            return file.modified <= since;
-        }
-    }
-    false
+        .and_then(|ims| httpdate::parse_http_date(ims).ok())
+        .is_some_and(|since| file.modified <= since)
 }
 
 /// The response for `file`: 200 with the bytes (none for HEAD) or 304.
