@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs hastack's tests: unit tests, and integration tests that drive the real binary
+# (a whole stack with real MariaDB servers on loopback addresses).
+#
+# On a fresh Debian machine it first installs what the tests need (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+cargo fmt --all -- --check
+cargo test --workspace --locked "$@"
