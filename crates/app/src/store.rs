@@ -273,39 +273,40 @@ impl Store {
         }
     }
 
-    /// Checks the write path (primary, or the SQLite file) and each replica.
+    /// Checks the write path (primary, or the SQLite file) and each replica, all at once.
     pub async fn health(&self) -> (Result<(), String>, Vec<(String, Result<(), String>)>) {
-        let ping = async |pool: &MySqlPool| -> Result<(), String> {
-            match tokio::time::timeout(
-                Duration::from_secs(1),
-                sqlx::query("SELECT 1").execute(pool),
-            )
-            .await
-            {
+        const PING_TIMEOUT: Duration = Duration::from_millis(400);
+        async fn ping<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> Result<(), String>
+        where
+            for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+            for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        {
+            match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&pool)).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("no answer within 1 s".into()),
+                Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
             }
-        };
+        }
         match self {
             Store::MariaDb {
                 primary, replicas, ..
             } => {
-                let p = ping(primary).await;
-                let mut r = Vec::new();
-                for (name, pool) in replicas.iter() {
-                    r.push((name.clone(), ping(pool).await));
+                let mut set = tokio::task::JoinSet::new();
+                for (i, (_, pool)) in replicas.iter().enumerate() {
+                    let pool = pool.clone();
+                    set.spawn(async move { (i, ping(pool).await) });
+                }
+                let p = ping(primary.clone()).await;
+                let mut r: Vec<(String, Result<(), String>)> = replicas
+                    .iter()
+                    .map(|(n, _)| (n.clone(), Err("not checked".to_string())))
+                    .collect();
+                while let Some(Ok((i, res))) = set.join_next().await {
+                    r[i].1 = res;
                 }
                 (p, r)
             }
-            Store::Sqlite(pool) => {
-                let p = sqlx::query("SELECT 1")
-                    .execute(pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                (p, Vec::new())
-            }
+            Store::Sqlite(pool) => (ping(pool.clone()).await, Vec::new()),
         }
     }
 

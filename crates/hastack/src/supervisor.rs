@@ -300,6 +300,28 @@ impl Supervisor {
                 }
             }
         }
+        // Ready means the site answers through the VIP: a master has been elected.
+        let vip = SocketAddr::from((self.topo.vip, self.topo.http_port));
+        let waited = Instant::now();
+        let deadline = Duration::from_secs(15);
+        loop {
+            match http_get::get(vip, "/healthz", Duration::from_millis(500)).await {
+                Ok((200, _)) => break,
+                Ok((code, body)) if waited.elapsed() > deadline => {
+                    return Err(format!("the site answered {code} on {vip}: {body}"));
+                }
+                Err(e) if waited.elapsed() > deadline => {
+                    return Err(format!(
+                        "no lb answered on the VIP {vip} within {deadline:?}: {e}"
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        println!(
+            "        site answering on the VIP {vip} after {:.2} s more",
+            waited.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 

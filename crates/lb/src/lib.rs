@@ -41,6 +41,18 @@ struct VipListener {
     vip: SocketAddr,
     proxy: Arc<Proxy>,
     stop: Option<watch::Sender<bool>>,
+    /// The VIP server, kept so a stopping node can let it drain.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl VipListener {
+    /// Waits until the last VIP listener has drained its open requests.
+    async fn drained(mut self) {
+        self.release();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
 }
 
 impl VipHook for VipListener {
@@ -52,14 +64,14 @@ impl VipHook for VipListener {
             Ok(listener) => {
                 let (tx, rx) = watch::channel(false);
                 let proxy = self.proxy.clone();
-                tokio::spawn(hastack_runtime::serve_http1(
+                self.task = Some(tokio::spawn(hastack_runtime::serve_http1(
                     listener,
                     move |req, peer| {
                         let proxy = proxy.clone();
                         async move { proxy.forward(req, peer).await }
                     },
                     rx,
-                ));
+                )));
                 self.stop = Some(tx);
                 info!(vip = %self.vip, "listening on the VIP");
             }
@@ -199,10 +211,12 @@ pub async fn run(
         vip: SocketAddr::from((topo.vip, topo.http_port)),
         proxy,
         stop: None,
+        task: None,
     };
     info!(node = name, vip = %topo.vip, port = topo.http_port, "lb ready");
     // Returns after a graceful shutdown: priority 0 sent, VIP released.
-    hastack_vrrp::runner::run(machine, transport, hook, stats, shutdown).await;
+    let hook = hastack_vrrp::runner::run(machine, transport, hook, stats, shutdown).await;
+    hook.drained().await;
     let _ = admin_task.await;
     Ok(())
 }

@@ -120,14 +120,14 @@ impl UdpTransport {
 }
 
 /// Runs `machine` until `shutdown` turns true; then a master sends priority 0 and
-/// releases the VIP before this returns.
-pub async fn run(
+/// releases the VIP before this returns the hook (to let it finish draining).
+pub async fn run<H: VipHook>(
     mut machine: Machine,
     transport: UdpTransport,
-    mut hook: impl VipHook,
+    mut hook: H,
     stats: Arc<Stats>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> H {
     let mut buf = [0u8; 1500];
     let actions = machine.startup(tokio::time::Instant::now().into_std());
     apply(&machine, &transport, &mut hook, &stats, actions).await;
@@ -176,6 +176,7 @@ pub async fn run(
     apply(&machine, &transport, &mut hook, &stats, actions).await;
     stats.set_state(machine.state());
     info!("vrrp stopped");
+    hook
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
