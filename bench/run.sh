@@ -18,8 +18,9 @@ done
 [ -x target/release/hastack ] || cargo build --release
 HASTACK=$PWD/target/release/hastack
 W=$(mktemp -d /tmp/hsbench.XXXXXX)
+chmod 755 "$W"   # nginx workers run as www-data when started by root
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$W"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 
 NET=127.0.99

@@ -203,8 +203,16 @@ impl Proxy {
     /// Forwards `req`, received from `peer`, to a server of the pool.
     pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.opts.max_body).collect().await {
-            Ok(b) => b.to_bytes(),
+        // Most requests have no body: skip the collecting machinery for them.
+        let body = match if hyper::body::Body::is_end_stream(&body) {
+            Ok(Bytes::new())
+        } else {
+            Limited::new(body, self.opts.max_body)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+        } {
+            Ok(b) => b,
             Err(e) => {
                 if e.is::<http_body_util::LengthLimitError>() {
                     return self
