@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
-use hastack_runtime::{Admin, HealthReport, bind_tcp, json_escape};
+use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 
 pub use store::{MariaDbTarget, Post, Store};
 
@@ -55,15 +55,8 @@ pub enum AppError {
     #[error("`{0}` is not an app node of this topology")]
     NotAnApp(String),
     /// A socket could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// The database could not be opened or migrated in time.
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
@@ -245,33 +238,28 @@ async fn healthz(State(st): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        report.json,
-    )
-        .into_response()
+    (status, Json(report.body)).into_response()
 }
 
 async fn health_report(store: &Store, node: &str) -> HealthReport {
     let (primary, replicas) = store.health().await;
     let show = |r: &Result<(), String>| match r {
-        Ok(()) => "\"ok\"".to_string(),
-        Err(e) => format!("\"{}\"", json_escape(e)),
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.clone(),
     };
-    let replicas: Vec<String> = replicas
+    let replicas: Vec<_> = replicas
         .iter()
-        .map(|(n, r)| format!("{{\"name\":\"{}\",\"status\":{}}}", json_escape(n), show(r)))
+        .map(|(n, r)| serde_json::json!({ "name": n, "status": show(r) }))
         .collect();
     HealthReport {
         healthy: primary.is_ok(),
-        json: format!(
-            "{{\"node\":\"{}\",\"role\":\"app\",\"db\":\"{}\",\"primary\":{},\"replicas\":[{}]}}",
-            json_escape(node),
-            store.engine(),
-            show(&primary),
-            replicas.join(",")
-        ),
+        body: serde_json::json!({
+            "node": node,
+            "role": "app",
+            "db": store.engine(),
+            "primary": show(&primary),
+            "replicas": replicas,
+        }),
     }
 }
 
@@ -312,17 +300,12 @@ pub async fn run(
         .filter(|n| n.role == Role::App)
         .ok_or_else(|| AppError::NotAnApp(name.to_string()))?;
     let service_addr = SocketAddr::from((node.address, topo.ports.app));
-    let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
-    let listener = bind_tcp(service_addr, false).map_err(|source| AppError::Bind {
-        addr: service_addr,
-        what: "http",
-        source,
-    })?;
-    let admin_listener = bind_tcp(admin_addr, false).map_err(|source| AppError::Bind {
-        addr: admin_addr,
-        what: "admin",
-        source,
-    })?;
+    let listener = bind_tcp(service_addr, "http", false)?;
+    let admin_listener = bind_tcp(
+        SocketAddr::from((node.address, topo.ports.admin)),
+        "admin",
+        false,
+    )?;
 
     let deadline = Duration::from_secs(60);
     let started = Instant::now();
@@ -421,53 +404,27 @@ mod tests {
 
     #[test]
     fn validation_trims_and_rejects() {
-        let ok = NewPost {
-            author: " ann ".into(),
-            body: " hi ".into(),
-        }
-        .validate()
-        .expect("valid");
+        let post = |author: &str, body: &str| {
+            NewPost {
+                author: author.into(),
+                body: body.into(),
+            }
+            .validate()
+        };
+        let ok = post(" ann ", " hi ").expect("valid");
         assert_eq!((ok.author.as_str(), ok.body.as_str()), ("ann", "hi"));
-        assert!(
-            NewPost {
-                author: "".into(),
-                body: "x".into()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            NewPost {
-                author: "a".into(),
-                body: "   ".into()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            NewPost {
-                author: "a".repeat(65),
-                body: "x".into()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            NewPost {
-                author: "a".into(),
-                body: "x".repeat(2001)
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            NewPost {
-                author: "a\u{7}".into(),
-                body: "x".into()
-            }
-            .validate()
-            .is_err()
-        );
+        for (author, body) in [
+            ("", "x"),
+            ("a", "   "),
+            (&"a".repeat(65), "x"),
+            ("a", &"x".repeat(2001)),
+            ("a\u{7}", "x"),
+        ] {
+            assert!(
+                post(author, body).is_err(),
+                "{author:?} / {body:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
-use hastack_runtime::{Admin, HealthReport, bind_tcp, json_escape};
+use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 use mycnf::{Accounts, Instance, Layout};
+use serde_json::json;
 
 /// How long `mariadb-install-db` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -70,13 +71,8 @@ pub enum DbError {
         source: sqlx::Error,
     },
     /// The admin port could not be bound.
-    #[error("cannot listen on {addr} (admin): {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
@@ -197,10 +193,7 @@ pub async fn run(
 
     // Bind the admin port before the slow part, so a taken port fails fast.
     let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
-    let admin_listener = bind_tcp(admin_addr, false).map_err(|source| DbError::Bind {
-        addr: admin_addr,
-        source,
-    })?;
+    let admin_listener = bind_tcp(admin_addr, "admin", false)?;
 
     if !layout.data.join("mysql").exists() {
         install(&install_db, &layout).await?;
@@ -378,92 +371,76 @@ async fn configure_replica(
 }
 
 async fn health(pool: &MySqlPool, name: &str, is_primary: bool) -> HealthReport {
-    match tokio::time::timeout(Duration::from_secs(2), replication_state(pool, is_primary)).await {
-        Ok(Ok((healthy, json))) => HealthReport {
-            healthy,
-            json: format!(
-                "{{\"node\":\"{}\",\"role\":\"db\",{json}}}",
-                json_escape(name)
+    let (healthy, mut body) =
+        match tokio::time::timeout(Duration::from_secs(2), replication_state(pool, is_primary))
+            .await
+        {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
+            Err(_) => (
+                false,
+                json!({ "error": "mariadbd did not answer within 2 s" }),
             ),
-        },
-        Ok(Err(e)) => HealthReport {
-            healthy: false,
-            json: format!(
-                "{{\"node\":\"{}\",\"role\":\"db\",\"error\":\"{}\"}}",
-                json_escape(name),
-                json_escape(&e.to_string())
-            ),
-        },
-        Err(_) => HealthReport {
-            healthy: false,
-            json: format!(
-                "{{\"node\":\"{}\",\"role\":\"db\",\"error\":\"mariadbd did not answer within 2 s\"}}",
-                json_escape(name)
-            ),
-        },
-    }
+        };
+    body["node"] = json!(name);
+    body["role"] = json!("db");
+    HealthReport { healthy, body }
 }
 
+/// Role, GTID position and replication threads; healthy when it answers and, on a
+/// replica, the SQL thread runs.
 async fn replication_state(
     pool: &MySqlPool,
     is_primary: bool,
-) -> Result<(bool, String), sqlx::Error> {
+) -> Result<(bool, serde_json::Value), sqlx::Error> {
     let row = sqlx::query("SELECT @@read_only AS ro, @@gtid_current_pos AS pos")
         .fetch_one(pool)
         .await?;
     let read_only: i64 = row.try_get("ro")?;
     let pos: String = row.try_get("pos")?;
-    let mut json = format!(
-        "\"db_role\":\"{}\",\"read_only\":{},\"gtid_current_pos\":\"{}\"",
-        if is_primary { "primary" } else { "replica" },
-        read_only != 0,
-        json_escape(&pos)
-    );
+    let mut body = json!({
+        "db_role": if is_primary { "primary" } else { "replica" },
+        "read_only": read_only != 0,
+        "gtid_current_pos": pos,
+    });
     if is_primary {
-        let semi = sqlx::query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_status'")
-            .fetch_optional(pool)
-            .await?;
-        let on = semi
-            .and_then(|r| r.try_get::<String, _>(1).ok())
-            .unwrap_or_default();
-        let clients = sqlx::query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
-            .fetch_optional(pool)
-            .await?;
-        let clients = clients
-            .and_then(|r| r.try_get::<String, _>(1).ok())
-            .unwrap_or_default();
-        json.push_str(&format!(
-            ",\"semi_sync\":\"{}\",\"semi_sync_clients\":{}",
-            json_escape(&on),
-            clients.parse::<u32>().unwrap_or(0)
-        ));
-        return Ok((true, json));
+        let status = |name: &'static str| async move {
+            let row = sqlx::query(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+                .fetch_optional(pool)
+                .await?;
+            Ok::<_, sqlx::Error>(
+                row.and_then(|r| r.try_get::<String, _>(1).ok())
+                    .unwrap_or_default(),
+            )
+        };
+        body["semi_sync"] = json!(status("Rpl_semi_sync_master_status").await?);
+        body["semi_sync_clients"] = json!(
+            status("Rpl_semi_sync_master_clients")
+                .await?
+                .parse::<u32>()
+                .unwrap_or(0)
+        );
+        return Ok((true, body));
     }
     let Some(s) = sqlx::query("SHOW SLAVE STATUS")
         .fetch_optional(pool)
         .await?
     else {
-        json.push_str(",\"replication\":null");
-        return Ok((false, json));
+        body["replication"] = serde_json::Value::Null;
+        return Ok((false, body));
     };
     let text = |col: &str| s.try_get::<String, _>(col).unwrap_or_default();
-    let io = text("Slave_IO_Running");
     let sql = text("Slave_SQL_Running");
-    let lag: Option<u64> = s
-        .try_get::<Option<u64>, _>("Seconds_Behind_Master")
-        .ok()
-        .flatten();
     let healthy = sql == "Yes";
-    json.push_str(&format!(
-        ",\"replication\":{{\"master_host\":\"{}\",\"io_running\":\"{}\",\"sql_running\":\"{}\",\"seconds_behind_master\":{},\"gtid_io_pos\":\"{}\",\"last_error\":\"{}\"}}",
-        json_escape(&text("Master_Host")),
-        json_escape(&io),
-        json_escape(&sql),
-        lag.map(|l| l.to_string()).unwrap_or_else(|| "null".into()),
-        json_escape(&text("Gtid_IO_Pos")),
-        json_escape(&format!("{}{}", text("Last_IO_Error"), text("Last_SQL_Error"))),
-    ));
-    Ok((healthy, json))
+    body["replication"] = json!({
+        "master_host": text("Master_Host"),
+        "io_running": text("Slave_IO_Running"),
+        "sql_running": sql,
+        "seconds_behind_master": s.try_get::<Option<u64>, _>("Seconds_Behind_Master").ok().flatten(),
+        "gtid_io_pos": text("Gtid_IO_Pos"),
+        "last_error": format!("{}{}", text("Last_IO_Error"), text("Last_SQL_Error")),
+    });
+    Ok((healthy, body))
 }
 
 async fn stop(child: &mut Child) {

@@ -129,8 +129,7 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
             &format!("{replica} to catch up to {pos}"),
             Duration::from_secs(10),
             || {
-                let r = http(stack.admin(replica), "GET", "/healthz", &[], "").ok()?;
-                let h: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+                let h = stack.health(replica)?;
                 let rep = &h["replication"];
                 (h["db_role"] == "replica"
                     && h["read_only"] == true
@@ -141,11 +140,12 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
             },
         );
     }
-    let primary = http(stack.admin("db1"), "GET", "/healthz", &[], "").expect("db1 healthz");
-    assert!(
-        primary.body.contains("\"db_role\":\"primary\""),
-        "{}",
-        primary.body
+    let primary = stack.health("db1").expect("db1 healthz");
+    assert_eq!(primary["db_role"], "primary", "{primary}");
+    assert_eq!(primary["read_only"], false, "{primary}");
+    assert_eq!(
+        primary["semi_sync"], "ON",
+        "semi-sync is on with replicas connected: {primary}"
     );
 
     // Every node exposes Prometheus metrics.
@@ -191,18 +191,8 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
         "db3 to catch up after its restart",
         Duration::from_secs(20),
         || {
-            let primary: serde_json::Value = serde_json::from_str(
-                &http(stack.admin("db1"), "GET", "/healthz", &[], "")
-                    .ok()?
-                    .body,
-            )
-            .ok()?;
-            let h: serde_json::Value = serde_json::from_str(
-                &http(stack.admin("db3"), "GET", "/healthz", &[], "")
-                    .ok()?
-                    .body,
-            )
-            .ok()?;
+            let primary = stack.health("db1")?;
+            let h = stack.health("db3")?;
             (h["replication"]["sql_running"] == "Yes"
                 && h["gtid_current_pos"] == primary["gtid_current_pos"])
                 .then_some(())

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use hastack_config::{Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
-use hastack_runtime::{Admin, HealthReport, bind_tcp, json_escape};
+use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 use hastack_vrrp::{Machine, Stats, UdpTransport, VipHook};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -25,15 +25,8 @@ pub enum LbError {
     #[error("`{0}` is not an lb node of this topology")]
     NotAnLb(String),
     /// A socket could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// Opens and closes the VIP listener as VRRP decides.
@@ -60,7 +53,7 @@ impl VipHook for VipListener {
         if self.stop.is_some() {
             return;
         }
-        match bind_tcp(self.vip, true) {
+        match bind_tcp(self.vip, "vip", true) {
             Ok(listener) => {
                 let (tx, rx) = watch::channel(false);
                 let proxy = self.proxy.clone();
@@ -111,12 +104,11 @@ pub async fn run(
     let pool = Pool::new("web", &web, &mut registry);
     let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
 
-    let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
-    let admin_listener = bind_tcp(admin_addr, false).map_err(|source| LbError::Bind {
-        addr: admin_addr,
-        what: "admin",
-        source,
-    })?;
+    let admin_listener = bind_tcp(
+        SocketAddr::from((node.address, topo.ports.admin)),
+        "admin",
+        false,
+    )?;
     let vrrp_addr = SocketAddrV4::new(node.address, topo.ports.vrrp);
     let peers: Vec<SocketAddrV4> = topo
         .tier(Role::Lb)
@@ -125,7 +117,7 @@ pub async fn run(
         .collect();
     let transport = UdpTransport::bind(vrrp_addr, peers)
         .await
-        .map_err(|source| LbError::Bind {
+        .map_err(|source| BindError {
             addr: SocketAddr::V4(vrrp_addr),
             what: "vrrp",
             source,
@@ -142,26 +134,16 @@ pub async fn run(
                 1 => "backup",
                 _ => "initialize",
             };
-            let upstreams: Vec<String> = pool
-                .servers()
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{{\"name\":\"{}\",\"healthy\":{}}}",
-                        json_escape(&s.name),
-                        s.is_healthy()
-                    )
-                })
-                .collect();
-            let json = format!(
-                "{{\"node\":\"{}\",\"role\":\"lb\",\"vrrp\":\"{state}\",\"upstreams\":[{}]}}",
-                json_escape(&name),
-                upstreams.join(",")
-            );
+            let body = serde_json::json!({
+                "node": name,
+                "role": "lb",
+                "vrrp": state,
+                "upstreams": pool.health_json(),
+            });
             Box::pin(async move {
                 HealthReport {
                     healthy: true,
-                    json,
+                    body,
                 }
             }) as _
         })
@@ -187,15 +169,7 @@ pub async fn run(
         })
     };
 
-    pool.spawn_health_checks(
-        HealthCheck {
-            interval: topo.health.interval,
-            timeout: topo.health.timeout,
-            rise: topo.health.rise,
-            fall: topo.health.fall,
-        },
-        shutdown.clone(),
-    );
+    pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
     let admin = Admin::new(probe, registry, Some(extra));
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 

@@ -36,6 +36,17 @@ pub struct HealthCheck {
     pub fall: u32,
 }
 
+impl From<&hastack_config::HealthSettings> for HealthCheck {
+    fn from(h: &hastack_config::HealthSettings) -> HealthCheck {
+        HealthCheck {
+            interval: h.interval,
+            timeout: h.timeout,
+            rise: h.rise,
+            fall: h.fall,
+        }
+    }
+}
+
 /// One upstream server.
 #[derive(Debug)]
 pub struct Server {
@@ -145,6 +156,14 @@ impl Pool {
     /// All servers.
     pub fn servers(&self) -> &[Arc<Server>] {
         &self.servers
+    }
+
+    /// Each server's name and whether it gets traffic, for `/healthz`.
+    pub fn health_json(&self) -> serde_json::Value {
+        self.servers
+            .iter()
+            .map(|s| serde_json::json!({ "name": s.name, "healthy": s.is_healthy() }))
+            .collect()
     }
 
     /// The next healthy server in round-robin order, skipping `exclude` (servers that

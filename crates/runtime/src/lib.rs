@@ -33,8 +33,27 @@ use tracing::{debug, warn};
 pub struct HealthReport {
     /// 200 when true, 503 when false.
     pub healthy: bool,
-    /// A JSON document (the node's role, its state, what it checked).
-    pub json: String,
+    /// The document (the node's role, its state, what it checked).
+    pub body: serde_json::Value,
+}
+
+impl HealthReport {
+    /// A report serialized for the wire.
+    pub fn to_json(&self) -> String {
+        self.body.to_string()
+    }
+}
+
+/// A listener that could not be opened, with what it was for.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({what}): {source}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Which listener (`http`, `admin`, `vrrp`, `vip`).
+    pub what: &'static str,
+    /// The cause, e.g. address in use.
+    pub source: std::io::Error,
 }
 
 /// The probe a node runs on each `/healthz`.
@@ -152,7 +171,7 @@ impl Admin {
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
-                text_response(status, "application/json", report.json)
+                text_response(status, "application/json", report.to_json())
             }
             "/metrics" => {
                 let mut out = String::new();
@@ -204,24 +223,18 @@ impl Admin {
     }
 }
 
-/// Escapes a string for a JSON string literal (without the quotes).
-pub fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+/// Binds a TCP listener with `SO_REUSEADDR` (and `SO_REUSEPORT` when `reuse_port`),
+/// so a restarted node can bind while old connections linger in TIME_WAIT. `what`
+/// names the listener in the error.
+pub fn bind_tcp(
+    addr: SocketAddr,
+    what: &'static str,
+    reuse_port: bool,
+) -> Result<TcpListener, BindError> {
+    bind_inner(addr, reuse_port).map_err(|source| BindError { addr, what, source })
 }
 
-/// Binds a TCP listener with `SO_REUSEADDR` (and `SO_REUSEPORT` when `reuse_port`),
-/// so a restarted node can bind while old connections linger in TIME_WAIT.
-pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+fn bind_inner(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,

@@ -22,7 +22,7 @@ use tracing::info;
 
 use hastack_config::{Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyBody, ProxyOptions};
-use hastack_runtime::{Admin, HealthReport, bind_tcp, json_escape};
+use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 
 pub use files::StaticSite;
 
@@ -33,15 +33,8 @@ pub enum WebError {
     #[error("`{0}` is not a web node of this topology")]
     NotAWeb(String),
     /// A socket could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// Address.
-        addr: SocketAddr,
-        /// Which listener.
-        what: &'static str,
-        /// Cause.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// The configured site directory could not be read.
     #[error(transparent)]
     Site(#[from] files::LoadError),
@@ -126,61 +119,36 @@ pub async fn run(
     );
 
     let service_addr = SocketAddr::from((node.address, topo.ports.web));
-    let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
-    let listener = bind_tcp(service_addr, false).map_err(|source| WebError::Bind {
-        addr: service_addr,
-        what: "http",
-        source,
-    })?;
-    let admin_listener = bind_tcp(admin_addr, false).map_err(|source| WebError::Bind {
-        addr: admin_addr,
-        what: "admin",
-        source,
-    })?;
+    let listener = bind_tcp(service_addr, "http", false)?;
+    let admin_listener = bind_tcp(
+        SocketAddr::from((node.address, topo.ports.admin)),
+        "admin",
+        false,
+    )?;
 
-    let health_json = format!(
-        "{{\"node\":\"{}\",\"role\":\"web\",\"static_files\":{}}}",
-        json_escape(name),
-        site.len()
-    );
+    // `/healthz` on the service port is what the lb checks: fixed, cheap, no upstreams.
+    let health_json =
+        serde_json::json!({ "node": name, "role": "web", "static_files": site.len() }).to_string();
     let probe = {
         let pool = pool.clone();
         let name = name.to_string();
         let files = site.len();
         Arc::new(move || {
-            let upstreams: Vec<String> = pool
-                .servers()
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{{\"name\":\"{}\",\"healthy\":{}}}",
-                        json_escape(&s.name),
-                        s.is_healthy()
-                    )
-                })
-                .collect();
-            let json = format!(
-                "{{\"node\":\"{}\",\"role\":\"web\",\"static_files\":{files},\"upstreams\":[{}]}}",
-                json_escape(&name),
-                upstreams.join(",")
-            );
+            let body = serde_json::json!({
+                "node": name,
+                "role": "web",
+                "static_files": files,
+                "upstreams": pool.health_json(),
+            });
             Box::pin(async move {
                 HealthReport {
                     healthy: true,
-                    json,
+                    body,
                 }
             }) as _
         })
     };
-    pool.spawn_health_checks(
-        HealthCheck {
-            interval: topo.health.interval,
-            timeout: topo.health.timeout,
-            rise: topo.health.rise,
-            fall: topo.health.fall,
-        },
-        shutdown.clone(),
-    );
+    pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
     let admin = Admin::new(probe, registry, None);
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     let web = Arc::new(Web {

@@ -374,6 +374,12 @@ address = "{db3}"
             .collect()
     }
 
+    /// A node's `/healthz` document, if it answers.
+    pub fn health(&self, node: &str) -> Option<serde_json::Value> {
+        let r = http(self.admin(node), "GET", "/healthz", &[], "").ok()?;
+        serde_json::from_str(&r.body).ok()
+    }
+
     pub fn get(&self, path: &str) -> std::io::Result<Resp> {
         http(self.vip(), "GET", path, &[], "")
     }
