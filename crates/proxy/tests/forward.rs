@@ -1,0 +1,256 @@
+//! The proxy on real sockets: a front proxy on 127.0.0.1:0 in front of small backends,
+//! checking balancing, header rewriting, retries and the proxy's own error answers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use hastack_proxy::{Pool, Proxy, ProxyOptions};
+
+/// What a backend saw of the last request.
+#[derive(Default)]
+struct Seen {
+    count: AtomicUsize,
+    headers: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+/// A backend answering `200 <name>` with `X-Served-By: <name>`; records what it saw.
+async fn backend(name: &'static str) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Seen::default());
+    let (_tx, rx) = watch::channel(false);
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let _keep = _tx;
+        hastack_runtime::serve_http1(
+            listener,
+            move |req: Request<hyper::body::Incoming>, _peer| {
+                let s = s.clone();
+                async move {
+                    s.count.fetch_add(1, Ordering::SeqCst);
+                    *s.headers.lock().expect("lock") = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    let _ = req.into_body().collect().await;
+                    let mut r = Response::new(Full::new(Bytes::from(name)));
+                    r.headers_mut()
+                        .insert("x-served-by", name.parse().expect("header"));
+                    r
+                }
+            },
+            rx,
+        )
+        .await;
+    });
+    (addr, seen)
+}
+
+/// A backend that reads a request and closes the connection without answering.
+async fn hangup_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).await.unwrap_or(0) > 0 {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+            drop(s);
+        }
+    });
+    (addr, count)
+}
+
+/// An address where nothing listens.
+async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A proxy called `front` over `servers`, served on 127.0.0.1:0.
+async fn front(servers: &[(&str, SocketAddr)], max_body: usize) -> (SocketAddr, Arc<Proxy>) {
+    let servers: Vec<(String, SocketAddr)> =
+        servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+    let mut registry = Registry::default();
+    let pool = Pool::new("t", &servers, &mut registry);
+    let mut opts = ProxyOptions::new("front");
+    opts.max_body = max_body;
+    opts.response_timeout = Duration::from_secs(5);
+    let proxy = Proxy::new(opts, pool, &mut registry);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = watch::channel(false);
+    let p = proxy.clone();
+    tokio::spawn(async move {
+        let _keep = tx;
+        hastack_runtime::serve_http1(
+            listener,
+            move |req, peer| {
+                let p = p.clone();
+                async move { p.forward(req, peer).await }
+            },
+            rx,
+        )
+        .await;
+    });
+    (addr, proxy)
+}
+
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn request(addr: SocketAddr, raw: &str) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    Resp {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n")
+}
+
+fn post(body: &str) -> String {
+    format!(
+        "POST /api/posts HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn round_robin_with_forwarding_headers_and_the_path_in_x_served_by() {
+    let (a, seen_a) = backend("b1").await;
+    let (b, seen_b) = backend("b2").await;
+    let (front, _) = front(&[("b1", a), ("b2", b)], 1 << 20).await;
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let r = request(front, &get("/x?y=1")).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.head.contains(&format!("x-served-by: front, {}", r.body)),
+            "{}",
+            r.head
+        );
+        bodies.push(r.body);
+    }
+    assert_eq!(bodies, ["b1", "b2", "b1", "b2"]);
+    let headers = seen_a.headers.lock().expect("lock").clone();
+    let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(h("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        h("host").as_deref(),
+        Some("www.foobar.com"),
+        "the client's Host is kept"
+    );
+    assert_eq!(seen_b.count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_and_a_forged_forwarded_proto_do_not_pass() {
+    let (a, seen) = backend("b1").await;
+    let (front, _) = front(&[("b1", a)], 1 << 20).await;
+    let raw = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n";
+    assert_eq!(request(front, raw).await.status, 200);
+    let headers = seen.headers.lock().expect("lock").clone();
+    assert!(!headers.iter().any(|(k, _)| k == "x-secret"), "{headers:?}");
+    assert!(
+        headers.contains(&("x-forwarded-proto".into(), "http".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("x-forwarded-for".into(), "10.9.9.9, 127.0.0.1".into())),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_moves_any_request_to_the_next_server() {
+    let dead = dead_addr().await;
+    let (b, seen) = backend("b2").await;
+    let (front, proxy) = front(&[("dead", dead), ("b2", b)], 1 << 20).await;
+    for _ in 0..3 {
+        let r = request(front, &post("{}")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "b2");
+    }
+    assert_eq!(seen.count.load(Ordering::SeqCst), 3);
+    assert!(
+        !proxy.pool().servers()[0].is_healthy(),
+        "a refused server is taken out at once"
+    );
+}
+
+#[tokio::test]
+async fn a_post_that_reached_a_server_is_never_sent_twice() {
+    let (hangup, hung) = hangup_backend().await;
+    let (b, seen) = backend("b2").await;
+    let (front, _) = front(&[("hangup", hangup), ("b2", b)], 1 << 20).await;
+    let r = request(front, &post(r#"{"author":"a","body":"b"}"#)).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("\"error\""), "{}", r.body);
+    assert_eq!(hung.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        seen.count.load(Ordering::SeqCst),
+        0,
+        "the POST must not be repeated elsewhere"
+    );
+    // A GET is idempotent: it goes to the next server.
+    let r = request(front, &get("/")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "b2"));
+}
+
+#[tokio::test]
+async fn no_server_left_is_a_json_error_not_a_hang() {
+    let (front, _) = front(
+        &[("d1", dead_addr().await), ("d2", dead_addr().await)],
+        1 << 20,
+    )
+    .await;
+    let r = request(front, &get("/")).await;
+    assert_eq!(r.status, 502);
+    assert!(r.head.contains("x-served-by: front"));
+    let r = request(front, &get("/")).await;
+    assert_eq!(r.status, 503, "both are marked down now: {}", r.body);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_with_413() {
+    let (a, seen) = backend("b1").await;
+    let (front, _) = front(&[("b1", a)], 16).await;
+    let r = request(front, &post(&"x".repeat(100))).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(seen.count.load(Ordering::SeqCst), 0);
+}
