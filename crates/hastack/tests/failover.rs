@@ -153,3 +153,31 @@ fn no_child_outlives_a_sigkilled_supervisor() {
         (!common::listening(stack.vip())).then_some(())
     });
 }
+
+#[test]
+fn sigterm_stops_every_tier_and_leaves_nothing() {
+    let mut stack = Stack::up(Options { sqlite: true });
+    let pids = stack.pids();
+    let pid = stack.child.as_ref().expect("child").id();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = stack.wait_exit(Duration::from_secs(60));
+    assert!(
+        exit.success(),
+        "SIGTERM is an orderly stop: {exit}\n{}",
+        stack.output()
+    );
+    for (name, p) in &pids {
+        assert!(!alive(*p), "{name} (pid {p}) outlived the supervisor");
+    }
+    let out = stack.output();
+    assert!(
+        out.contains("stopping (lb, web, app, db)") && out.contains("hastack: stopped"),
+        "{out}"
+    );
+    assert!(!stack.state_dir().join("control.sock").exists());
+    assert!(!common::listening(stack.vip()));
+}
