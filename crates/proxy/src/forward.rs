@@ -2,10 +2,11 @@
 //! `X-Served-By`), retries on another server when that is safe, and the error answers
 //! (502, 503, 504, 413) when no server can take the request.
 //!
-//! Retry rule: a request whose connection was refused never reached a server, so it
-//! goes to the next one whatever its method; an idempotent request also goes to the
-//! next server after any other upstream error; a POST that may have reached a server
-//! is never sent twice.
+//! Retry rule ([`Failure`]): a request whose connection was refused never reached a
+//! server, so it goes to the next one whatever its method; an idempotent request also
+//! goes to the next server after a broken exchange; a POST that may have reached a
+//! server is never sent twice; a timeout is never retried (the server may still be
+//! working on it, and retrying would double the load that made it slow).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -268,37 +269,71 @@ impl Proxy {
             *up.version_mut() = Version::HTTP_11;
             *up.headers_mut() = headers.clone();
             server.requests.inc();
-            match tokio::time::timeout(self.opts.response_timeout, self.client.request(up)).await {
-                Ok(Ok(mut resp)) => {
-                    strip_hop_by_hop(resp.headers_mut());
-                    prepend_served_by(resp.headers_mut(), &self.served_by);
-                    self.count(resp.status());
-                    return resp.map(Either::Left);
-                }
-                Ok(Err(e)) => {
-                    server.failures.inc();
-                    last_error = format!("{}: {e}", server.name);
-                    if e.is_connect() {
-                        server.mark_down(&format!("connection failed: {e}"));
-                        debug!(server = %server.name, "connect failed, trying the next server");
-                        continue;
+            let failure =
+                match tokio::time::timeout(self.opts.response_timeout, self.client.request(up))
+                    .await
+                {
+                    Ok(Ok(mut resp)) => {
+                        strip_hop_by_hop(resp.headers_mut());
+                        prepend_served_by(resp.headers_mut(), &self.served_by);
+                        self.count(resp.status());
+                        return resp.map(Either::Left);
                     }
-                    if may_repeat {
-                        debug!(server = %server.name, error = %e, "upstream error, retrying an idempotent request");
-                        continue;
-                    }
-                    warn!(server = %server.name, error = %e, "upstream error on a non-idempotent request; not retried");
-                    return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
-                }
-                Err(_) => {
-                    server.failures.inc();
-                    warn!(server = %server.name, "no response within {:?}", self.opts.response_timeout);
-                    return self.local_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        &format!("{} did not answer in time", server.name),
-                    );
-                }
+                    Ok(Err(e)) if e.is_connect() => (Failure::Connect, e.to_string()),
+                    Ok(Err(e)) => (Failure::Exchange, e.to_string()),
+                    Err(_) => (
+                        Failure::Timeout,
+                        format!("no response within {:?}", self.opts.response_timeout),
+                    ),
+                };
+            let (failure, why) = failure;
+            server.failures.inc();
+            last_error = format!("{}: {why}", server.name);
+            if failure.takes_server_out() {
+                server.mark_down(&why);
             }
+            if failure.retry_safe(may_repeat) {
+                debug!(server = %server.name, error = %why, "upstream failed; trying the next server");
+                continue;
+            }
+            warn!(server = %server.name, error = %why, "upstream failed; the request may have reached it, so it is not retried");
+            return self.local_response(failure.status(), &last_error);
+        }
+    }
+}
+
+/// How an attempt at one server failed, and so what may happen next: the failure
+/// carries the decision (retry elsewhere or not, take the server out or not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection could be made: the request never left this proxy.
+    Connect,
+    /// The exchange broke after the request may have reached the server.
+    Exchange,
+    /// No response headers within the timeout: the server may be working on it.
+    Timeout,
+}
+
+impl Failure {
+    /// Whether the request may go to another server.
+    fn retry_safe(self, idempotent: bool) -> bool {
+        match self {
+            Failure::Connect => true,
+            Failure::Exchange => idempotent,
+            Failure::Timeout => false,
+        }
+    }
+
+    /// Whether the server leaves the rotation at once (active checks bring it back).
+    fn takes_server_out(self) -> bool {
+        self == Failure::Connect
+    }
+
+    /// The status the client gets when nothing else can be tried.
+    fn status(self) -> StatusCode {
+        match self {
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Connect | Failure::Exchange => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -364,6 +399,23 @@ mod tests {
             h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
             Some(&b"127.0.0.9, 127.0.1.1"[..])
         );
+    }
+
+    #[test]
+    fn failures_decide_retries_and_blame() {
+        // (failure, idempotent request) -> (retry elsewhere, take the server out, status)
+        for (f, idem, retry, out, status) in [
+            (Failure::Connect, false, true, true, 502),
+            (Failure::Connect, true, true, true, 502),
+            (Failure::Exchange, false, false, false, 502),
+            (Failure::Exchange, true, true, false, 502),
+            (Failure::Timeout, true, false, false, 504),
+            (Failure::Timeout, false, false, false, 504),
+        ] {
+            assert_eq!(f.retry_safe(idem), retry, "{f:?} idempotent={idem}");
+            assert_eq!(f.takes_server_out(), out, "{f:?}");
+            assert_eq!(f.status().as_u16(), status, "{f:?}");
+        }
     }
 
     #[test]
