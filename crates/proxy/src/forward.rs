@@ -14,21 +14,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
+use crate::conn::PooledBody;
 use crate::pool::Pool;
 
 /// A response body: streamed from upstream, or made here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// The header every tier extends with its node name, so a response shows its path.
 pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -49,6 +47,8 @@ pub struct ProxyOptions {
     pub max_body: usize,
     /// Longest wait for an upstream's response headers (504 after).
     pub response_timeout: Duration,
+    /// Longest wait for a new upstream connection.
+    pub connect_timeout: Duration,
 }
 
 impl ProxyOptions {
@@ -60,6 +60,7 @@ impl ProxyOptions {
             trust_forwarded_proto: false,
             max_body: 8 << 20,
             response_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -75,7 +76,6 @@ pub struct Proxy {
     opts: ProxyOptions,
     served_by: HeaderValue,
     pool: Arc<Pool>,
-    client: Client<HttpConnector, Full<Bytes>>,
     responses: [Counter; 6],
 }
 
@@ -133,13 +133,6 @@ pub fn prepend_served_by(headers: &mut HeaderMap, name: &HeaderValue) {
 impl Proxy {
     /// A proxy to `pool`; its metrics go into `registry`.
     pub fn new(opts: ProxyOptions, pool: Arc<Pool>, registry: &mut Registry) -> Arc<Proxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let family = Family::<ClassLabels, Counter>::default();
         registry.register(
             "hastack_proxy_responses",
@@ -154,7 +147,6 @@ impl Proxy {
             opts,
             served_by,
             pool,
-            client,
             responses,
         })
     }
@@ -232,12 +224,26 @@ impl Proxy {
                 HeaderValue::from_static(self.opts.scheme),
             );
         }
+        if !headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may omit it; upstream HTTP/1.1 requires one.
+            headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let may_repeat = idempotent(&parts.method);
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = http::Uri::from(path_and_query);
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        let may_repeat = idempotent(request.method());
+        // An idempotent request may be sent again after a broken exchange, so keep a
+        // copy while there is another server to send it to.
+        let keep_copy = may_repeat && self.pool.servers().len() > 1;
+        let spare = keep_copy.then(|| copy_request(&request));
+        let mut next = Some(request);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = String::from("no healthy server");
         loop {
@@ -252,47 +258,44 @@ impl Proxy {
                     .local_response(status, &format!("{} pool: {last_error}", self.pool.name()));
             };
             tried.push(index);
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(server.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-            {
-                Ok(u) => u,
-                Err(_) => {
-                    return self.local_response(StatusCode::BAD_REQUEST, "bad request target");
-                }
+            let Some(request) = next.take().or_else(|| spare.as_ref().map(copy_request)) else {
+                return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
             };
-            let mut up = Request::new(Full::new(body.clone()));
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = headers.clone();
             server.requests.inc();
-            let failure =
-                match tokio::time::timeout(self.opts.response_timeout, self.client.request(up))
-                    .await
-                {
-                    Ok(Ok(mut resp)) => {
-                        strip_hop_by_hop(resp.headers_mut());
-                        prepend_served_by(resp.headers_mut(), &self.served_by);
-                        self.count(resp.status());
-                        return resp.map(Either::Left);
-                    }
-                    Ok(Err(e)) if e.is_connect() => (Failure::Connect, e.to_string()),
-                    Ok(Err(e)) => (Failure::Exchange, e.to_string()),
-                    Err(_) => (
-                        Failure::Timeout,
-                        format!("no response within {:?}", self.opts.response_timeout),
-                    ),
-                };
-            let (failure, why) = failure;
+            let sent = server
+                .conns
+                .send(server.addr, request, self.opts.connect_timeout);
+            let (failure, why) = match tokio::time::timeout(self.opts.response_timeout, sent).await
+            {
+                Ok(Ok(mut resp)) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    prepend_served_by(resp.headers_mut(), &self.served_by);
+                    self.count(resp.status());
+                    return resp.map(Either::Left);
+                }
+                Ok(Err(f)) => {
+                    // A request that never left can go out again as it is.
+                    next = f.request;
+                    (
+                        if f.connect {
+                            Failure::Connect
+                        } else {
+                            Failure::Exchange
+                        },
+                        f.why,
+                    )
+                }
+                Err(_) => (
+                    Failure::Timeout,
+                    format!("no response within {:?}", self.opts.response_timeout),
+                ),
+            };
             server.failures.inc();
             last_error = format!("{}: {why}", server.name);
             if failure.takes_server_out() {
                 server.mark_down(&why);
             }
-            if failure.retry_safe(may_repeat) {
+            if failure.retry_safe(may_repeat) || next.is_some() {
                 debug!(server = %server.name, error = %why, "upstream failed; trying the next server");
                 continue;
             }
@@ -300,6 +303,16 @@ impl Proxy {
             return self.local_response(failure.status(), &last_error);
         }
     }
+}
+
+/// A copy of a request for a second attempt (bodies are `Bytes`: copying is cheap).
+fn copy_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut c = Request::new(r.body().clone());
+    *c.method_mut() = r.method().clone();
+    *c.uri_mut() = r.uri().clone();
+    *c.version_mut() = r.version();
+    *c.headers_mut() = r.headers().clone();
+    c
 }
 
 /// How an attempt at one server failed, and so what may happen next: the failure

@@ -5,9 +5,11 @@
 //! forwards to app nodes through the same [`Proxy`]. Architecture invariant: nothing
 //! here knows which tier it runs in; the tier passes a pool and [`ProxyOptions`].
 
+mod conn;
 mod forward;
 mod pool;
 
+pub use conn::PooledBody;
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };

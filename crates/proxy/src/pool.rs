@@ -55,6 +55,7 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     pub(crate) authority: Authority,
+    pub(crate) conns: Arc<crate::conn::Connections>,
     healthy: AtomicBool,
     pub(crate) requests: Counter,
     pub(crate) failures: Counter,
@@ -132,6 +133,7 @@ impl Pool {
                     name: n.clone(),
                     addr: *addr,
                     authority,
+                    conns: Arc::default(),
                     healthy: AtomicBool::new(true),
                     requests: requests.get_or_create(&labels).clone(),
                     failures: failures.get_or_create(&labels).clone(),

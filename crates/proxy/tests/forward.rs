@@ -20,6 +20,8 @@ use hastack_proxy::{Pool, Proxy, ProxyOptions};
 #[derive(Default)]
 struct Seen {
     count: AtomicUsize,
+    /// Client ports seen: one per upstream connection.
+    ports: std::sync::Mutex<std::collections::HashSet<u16>>,
     headers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
@@ -34,10 +36,11 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Seen>) {
         let _keep = _tx;
         hastack_runtime::serve_http1(
             listener,
-            move |req: Request<hyper::body::Incoming>, _peer| {
+            move |req: Request<hyper::body::Incoming>, peer: SocketAddr| {
                 let s = s.clone();
                 async move {
                     s.count.fetch_add(1, Ordering::SeqCst);
+                    s.ports.lock().expect("lock").insert(peer.port());
                     *s.headers.lock().expect("lock") = req
                         .headers()
                         .iter()
@@ -253,4 +256,25 @@ async fn an_oversized_body_is_refused_with_413() {
     let r = request(front, &post(&"x".repeat(100))).await;
     assert_eq!(r.status, 413);
     assert_eq!(seen.count.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (a, seen) = backend("b1").await;
+    let (front, _) = front(&[("b1", a)], 1 << 20).await;
+    for i in 0..20 {
+        let method = if i % 3 == 0 { "HEAD" } else { "GET" };
+        let r = request(
+            front,
+            &format!("{method} /{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(seen.count.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        seen.ports.lock().expect("lock").len(),
+        1,
+        "one upstream connection serves every request in turn"
+    );
 }

@@ -1,0 +1,190 @@
+//! Keep-alive connections to one upstream server, reused last-in first-out.
+//!
+//! A connection goes back to the idle list when the response body it carried has been
+//! read to the end (the [`PooledBody`] wrapper sees to that), so it is ready for the
+//! next request at once: no task per request waits for it. A request that could not
+//! be written (the connection closed meanwhile) comes back to the caller untouched, so
+//! it can go out again on another connection without having been copied.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Most idle connections kept per server.
+const MAX_IDLE: usize = 256;
+
+/// How an attempt failed, with the request if it never left.
+pub(crate) struct SendFailure {
+    /// True when no connection could be made.
+    pub(crate) connect: bool,
+    /// What happened.
+    pub(crate) why: String,
+    /// The request, when it was not written to any connection.
+    pub(crate) request: Option<Request<Full<Bytes>>>,
+}
+
+/// The idle connections of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    idle: Mutex<Vec<Sender>>,
+}
+
+impl Connections {
+    fn pop(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn push(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(s);
+        }
+    }
+
+    /// Sends `req` to `addr` on an idle connection or a new one.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<Full<Bytes>>,
+        connect_timeout: Duration,
+    ) -> Result<Response<PooledBody>, SendFailure> {
+        // Idle connections first; one that turns out closed hands the request back.
+        while let Some(mut sender) = self.pop() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.wrap(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err(SendFailure {
+                            connect: false,
+                            why: e.into_error().to_string(),
+                            request: None,
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = match tokio::time::timeout(connect_timeout, connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(why)) => {
+                return Err(SendFailure {
+                    connect: true,
+                    why,
+                    request: Some(req),
+                });
+            }
+            Err(_) => {
+                return Err(SendFailure {
+                    connect: true,
+                    why: format!("connect timed out after {connect_timeout:?}"),
+                    request: Some(req),
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.wrap(resp, sender)),
+            Err(mut e) => {
+                let request = e.take_message();
+                Err(SendFailure {
+                    connect: false,
+                    why: e.into_error().to_string(),
+                    request,
+                })
+            }
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
+        resp.map(|body| {
+            let mut pooled = PooledBody {
+                body,
+                home: Some((sender, self.clone())),
+            };
+            if pooled.body.is_end_stream() {
+                pooled.release();
+            }
+            pooled
+        })
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A response body from upstream that returns its connection to the pool once read to
+/// the end. Dropped early (the client went away), the connection is closed instead.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    home: Option<(Sender, Arc<Connections>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.push(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
