@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs hastack's tests: unit tests, and integration tests that drive the real binary
-# (a whole stack with real MariaDB servers on loopback addresses).
+# (a whole stack with real MariaDB servers on loopback addresses, and the site in a
+# real headless Chromium).
 #
 # On a fresh Debian machine it first installs what the tests need (as root).
 set -euo pipefail
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)   # the browser test drives a real Chromium
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
