@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,8 @@ struct Supervisor {
     exited: Notify,
     /// Signalled when `down` has stopped everything.
     done: Notify,
+    /// Set once every tier is up; until then only `status` is served.
+    ready: AtomicBool,
 }
 
 /// Runs `hastack up`.
@@ -166,6 +169,7 @@ pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
         slots: Mutex::new(slots),
         exited: Notify::new(),
         done: Notify::new(),
+        ready: AtomicBool::new(false),
         topo,
     });
     // Current-thread: children are forked from the main thread (see module docs).
@@ -209,6 +213,8 @@ impl Supervisor {
             self.topo.site,
             self.state_dir.display()
         );
+        // The control socket answers from the start (`status` shows progress).
+        let control_task = tokio::spawn(self.clone().accept_control(listener));
         let started = Instant::now();
         let startup = self.clone().start_all();
         tokio::pin!(startup);
@@ -219,10 +225,12 @@ impl Supervisor {
         };
         if let Err(why) = ok {
             println!("hastack: {why}; stopping what was started");
+            control_task.abort();
             self.stop_all().await;
             let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
             return Ok(ExitCode::FAILURE);
         }
+        self.ready.store(true, Ordering::Release);
         let report = self.status().await;
         print!("\n{}", control::render_table(&report));
         println!(
@@ -233,27 +241,33 @@ impl Supervisor {
             self.state_dir.join("logs").display()
         );
 
+        let by_down = tokio::select! {
+            _ = sigint.recv() => false,
+            _ = sigterm.recv() => false,
+            _ = self.done.notified() => true,
+        };
+        control_task.abort();
+        if !by_down {
+            println!("hastack: stopping (lb, web, app, db)");
+            self.stop_all().await;
+        }
+        let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
+        println!("hastack: {}", if by_down { "down" } else { "stopped" });
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn accept_control(self: Arc<Self>, listener: UnixListener) {
         loop {
-            tokio::select! {
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = self.done.notified() => {
-                    let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
-                    println!("hastack: down");
-                    return Ok(ExitCode::SUCCESS);
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(self.clone().serve_control(stream));
                 }
-                accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        tokio::spawn(self.clone().serve_control(stream));
-                    }
+                Err(e) => {
+                    println!("hastack: control socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
-        println!("hastack: stopping (lb, web, app, db)");
-        self.stop_all().await;
-        let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
-        println!("hastack: stopped");
-        Ok(ExitCode::SUCCESS)
     }
 
     /// Starts the tiers in order, each once the one below it is ready.
@@ -631,6 +645,11 @@ impl Supervisor {
                 ..Default::default()
             },
         };
+        if req.cmd != "status" && !self.ready.load(Ordering::Acquire) {
+            return done(Err(
+                "the stack is still starting; try again once `hastack up` says ready".into(),
+            ));
+        }
         match req.cmd.as_str() {
             "status" => Response {
                 ok: true,

@@ -180,4 +180,27 @@ fn sigterm_stops_every_tier_and_leaves_nothing() {
     );
     assert!(!stack.state_dir().join("control.sock").exists());
     assert!(!common::listening(stack.vip()));
+    // Tiers stop from the top: every lb before any web node, every web before any app.
+    let stopped_at = |node: &str| {
+        let log = std::fs::read_to_string(stack.state_dir().join(format!("logs/{node}.log")))
+            .expect("log");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.ends_with(": stopped"))
+            .unwrap_or_else(|| panic!("{node} never said stopped:\n{log}"));
+        line.split_whitespace()
+            .next()
+            .expect("timestamp")
+            .to_string()
+    };
+    let (lb, web, app) = (
+        ["lb1", "lb2"].map(stopped_at),
+        ["web1", "web2"].map(stopped_at),
+        ["app1", "app2"].map(stopped_at),
+    );
+    assert!(
+        lb.iter().max() <= web.iter().min() && web.iter().max() <= app.iter().min(),
+        "stop order: lb {lb:?}, web {web:?}, app {app:?}"
+    );
 }
