@@ -6,11 +6,14 @@
 //! be written (the connection closed meanwhile) comes back to the caller untouched, so
 //! it can go out again on another connection without having been copied.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -25,6 +28,17 @@ type Sender = SendRequest<Full<Bytes>>;
 /// Most idle connections kept per server.
 const MAX_IDLE: usize = 256;
 
+/// An idle connection older than this is not reused. Servers close idle keep-alive
+/// connections after a while (hastack's own after 10 s, see `hastack_runtime`); a
+/// request written just as the server closes would be lost, so give up on them first.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Longest pause between two pieces of a response body before the proxy gives up on it.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The error of a [`PooledBody`]: the upstream's, or a stalled body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 /// How an attempt failed, with the request if it never left.
 pub(crate) struct SendFailure {
     /// True when no connection could be made.
@@ -38,13 +52,19 @@ pub(crate) struct SendFailure {
 /// The idle connections of one server.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
-    idle: Mutex<Vec<Sender>>,
+    /// Newest last; each with the moment it went idle.
+    idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
 impl Connections {
     fn pop(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() > IDLE_TIMEOUT {
+                // The rest went idle even earlier.
+                idle.clear();
+                return None;
+            }
             if !s.is_closed() {
                 return Some(s);
             }
@@ -58,7 +78,7 @@ impl Connections {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(s);
+            idle.push((s, Instant::now()));
         }
     }
 
@@ -120,6 +140,7 @@ impl Connections {
             let mut pooled = PooledBody {
                 body,
                 home: Some((sender, self.clone())),
+                stall: None,
             };
             if pooled.body.is_end_stream() {
                 pooled.release();
@@ -147,11 +168,14 @@ async fn connect(addr: SocketAddr) -> Result<Sender, String> {
 }
 
 /// A response body from upstream that returns its connection to the pool once read to
-/// the end. Dropped early (the client went away), the connection is closed instead.
+/// the end. Dropped early (the client went away), the connection is closed instead. A
+/// body that pauses longer than [`BODY_IDLE_TIMEOUT`] ends with an error.
 #[derive(Debug)]
 pub struct PooledBody {
     body: Incoming,
     home: Option<(Sender, Arc<Connections>)>,
+    /// Armed only while the upstream keeps us waiting.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl PooledBody {
@@ -162,22 +186,47 @@ impl PooledBody {
     }
 }
 
+/// The upstream stopped sending a response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of the response body for {0:?}")]
+pub struct BodyStalled(Duration);
+
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.home = None,
-            _ => {}
+        match polled {
+            Poll::Pending => {
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(BODY_IDLE_TIMEOUT)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.home = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(BODY_IDLE_TIMEOUT)))));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                self.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.stall = None;
+                if self.body.is_end_stream() {
+                    self.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.home = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -49,6 +49,8 @@ pub struct ProxyOptions {
     pub response_timeout: Duration,
     /// Longest wait for a new upstream connection.
     pub connect_timeout: Duration,
+    /// Longest wait for a client's whole request body (408 after).
+    pub request_body_timeout: Duration,
 }
 
 impl ProxyOptions {
@@ -61,6 +63,7 @@ impl ProxyOptions {
             max_body: 8 << 20,
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            request_body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -87,16 +90,25 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names
+/// — except the end-to-end headers this proxy itself manages, which a client must not
+/// be able to strip that way.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(conn) = headers
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
     {
-        for name in conn.split(',') {
-            let name = name.trim();
-            if !name.is_empty() {
+        for name in conn.split(',').map(str::trim) {
+            let protected = [
+                header::HOST.as_str(),
+                X_FORWARDED_FOR.as_str(),
+                X_FORWARDED_PROTO.as_str(),
+                X_SERVED_BY.as_str(),
+            ]
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name));
+            if !name.is_empty() && !protected {
                 headers.remove(name);
             }
         }
@@ -197,22 +209,28 @@ impl Proxy {
     pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // Most requests have no body: skip the collecting machinery for them.
-        let body = match if hyper::body::Body::is_end_stream(&body) {
-            Ok(Bytes::new())
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            Bytes::new()
         } else {
-            Limited::new(body, self.opts.max_body)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-        } {
-            Ok(b) => b,
-            Err(e) => {
-                if e.is::<http_body_util::LengthLimitError>() {
+            let collect = Limited::new(body, self.opts.max_body).collect();
+            match tokio::time::timeout(self.opts.request_body_timeout, collect).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     return self
                         .local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
-                return self
-                    .local_response(StatusCode::BAD_REQUEST, "could not read the request body");
+                Ok(Err(_)) => {
+                    return self.local_response(
+                        StatusCode::BAD_REQUEST,
+                        "could not read the request body",
+                    );
+                }
+                Err(_) => {
+                    return self.local_response(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "the request body did not arrive in time",
+                    );
+                }
             }
         };
         let mut headers = parts.headers;
@@ -351,12 +369,18 @@ impl Failure {
     }
 }
 
+/// Appends the peer to `X-Forwarded-For`, folding several incoming lines into one.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(old) => format!("{old}, {ip}"),
-        None => ip,
-    };
+    let mut value = String::new();
+    for line in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        value.push_str(line);
+        value.push_str(", ");
+    }
+    value.push_str(&peer.ip().to_string());
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -401,6 +425,43 @@ mod tests {
             h.get(&X_SERVED_BY).map(|v| v.as_bytes()),
             Some(&b"lb1, web2, app1"[..])
         );
+    }
+
+    #[test]
+    fn forwarded_for_folds_every_line() {
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        h.append(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.2"),
+        );
+        append_forwarded_for(&mut h, SocketAddr::from(([127, 0, 0, 9], 1)));
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            Some(&b"10.0.0.1, 10.0.0.2, 127.0.0.9"[..])
+        );
+    }
+
+    #[test]
+    fn connection_cannot_strip_the_headers_the_proxy_manages() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, X-Forwarded-For, x-other"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("www.foobar.com"));
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("10.0.0.1"),
+        );
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(header::HOST) && h.contains_key(&X_FORWARDED_FOR));
+        assert!(!h.contains_key("x-other"));
     }
 
     #[test]

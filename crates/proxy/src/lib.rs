@@ -9,7 +9,7 @@ mod conn;
 mod forward;
 mod pool;
 
-pub use conn::PooledBody;
+pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, PooledBody};
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };
