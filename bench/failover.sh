@@ -22,12 +22,24 @@ ctl() { "$H" "$@" --config "$W/hastack.toml"; }
 cleanup() { ctl down >/dev/null 2>&1 || true; sleep 1; rm -rf "$W"; }
 trap cleanup EXIT
 now() { date +%s.%N; }
+# until_ok SECONDS CMD...: runs CMD until it succeeds, or fails the bench after SECONDS.
+until_ok() {
+  local limit=$1; shift
+  local end=$(( $(date +%s) + limit ))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$end" ] || { echo "bench: gave up after ${limit}s waiting for: $*" >&2; exit 1; }
+    sleep 0.005
+  done
+}
+by() { served_by | grep -q "^$1"; }
+site_up() { [ -n "$(served_by)" ]; }
+stack_gone() { ! pgrep -f "up --config $W/hastack.toml" >/dev/null; }
 served_by() { curl -s -m 0.2 -o /dev/null -D - "http://$NET.100:$PORT/healthz" 2>/dev/null | tr -d '\r' | awk -F': ' 'tolower($1)=="x-served-by" {print $2}'; }
 
 start_stack() {
   local t0; t0=$(now)
   setsid "$H" up --config "$W/hastack.toml" > "$W/up.log" 2>&1 &
-  until [ -n "$(served_by)" ]; do sleep 0.01; done
+  until_ok 240 site_up
   echo "$(now) - $t0" | bc
 }
 
@@ -54,17 +66,17 @@ echo
 echo "lb takeover after kill lb1 (request-level, polled every ~10 ms):"
 times=()
 for i in $(seq 1 "$ROUNDS"); do
-  until served_by | grep -q '^lb1'; do sleep 0.05; done
+  until_ok 10 by lb1
   sleep 0.3
+  t0=$(now)   # before the kill: the figure includes the control round trip
   ctl kill lb1 >/dev/null
-  t0=$(now)
-  until served_by | grep -q '^lb2'; do sleep 0.005; done
+  until_ok 10 by lb2
   t=$(echo "$(now) - $t0" | bc)
   times+=("$t")
   ctl start lb1 >/dev/null
 done
 printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "  %d rounds: min %.3f s, median %.3f s, max %.3f s\n", NR, a[1], a[int((NR+1)/2)], a[NR]}'
 ctl down >/dev/null
-while pgrep -f "up --config $W/hastack.toml" >/dev/null; do sleep 0.1; done
+until_ok 120 stack_gone
 echo
 echo "up → site answering through the VIP (existing state): $(start_stack) s"

@@ -195,7 +195,7 @@ pub async fn run(
     let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
     let admin_listener = bind_tcp(admin_addr, "admin", false)?;
 
-    if !layout.data.join("mysql").exists() {
+    if !layout.installed.exists() {
         install(&install_db, &layout).await?;
     }
     let mut child = start(&mariadbd, &layout)?;
@@ -258,14 +258,21 @@ pub async fn run(
     result
 }
 
+/// Initialises the datadir. It counts as done only once the marker file is written, so
+/// a datadir left half-made by an interrupted install is wiped and made again.
 async fn install(install_db: &Path, layout: &Layout) -> Result<(), DbError> {
+    if layout.data.exists() {
+        warn!(datadir = %layout.data.display(), "datadir without a finished install; making it again");
+        std::fs::remove_dir_all(&layout.data).map_err(io_err(&layout.data))?;
+    }
     info!(datadir = %layout.data.display(), "initialising a new datadir");
-    let out = Command::new(install_db)
-        .arg(format!("--defaults-file={}", layout.cnf.display()))
+    let mut cmd = Command::new(install_db);
+    cmd.arg(format!("--defaults-file={}", layout.cnf.display()))
         .arg("--skip-test-db")
         .arg("--auth-root-authentication-method=socket")
-        .kill_on_drop(true)
-        .output();
+        .kill_on_drop(true);
+    hastack_runtime::child::die_with_parent(&mut cmd, Signal::SIGKILL);
+    let out = cmd.output();
     let out = tokio::time::timeout(INSTALL_TIMEOUT, out)
         .await
         .map_err(|_| DbError::Install(format!("no result within {INSTALL_TIMEOUT:?}")))?
@@ -280,7 +287,8 @@ async fn install(install_db: &Path, layout: &Layout) -> Result<(), DbError> {
             last.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )));
     }
-    Ok(())
+    std::fs::write(&layout.installed, "mariadb-install-db finished\n")
+        .map_err(io_err(&layout.installed))
 }
 
 fn start(mariadbd: &Path, layout: &Layout) -> Result<Child, DbError> {

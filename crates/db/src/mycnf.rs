@@ -24,6 +24,8 @@ pub struct Layout {
     pub init: PathBuf,
     /// hastack's admin password for this instance.
     pub secret: PathBuf,
+    /// Written once `mariadb-install-db` has finished: the datadir is complete.
+    pub installed: PathBuf,
 }
 
 impl Layout {
@@ -39,6 +41,7 @@ impl Layout {
             cnf: base.join("my.cnf"),
             init: base.join("init.sql"),
             secret: base.join("admin.secret"),
+            installed: base.join("installed"),
             base,
         }
     }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
@@ -481,7 +481,7 @@ impl Supervisor {
 
     /// Sends `signal` to a node; with SIGTERM waits for it to exit (SIGKILL after the deadline).
     async fn stop_node(&self, name: &str, sig: Signal) -> Result<String, String> {
-        let (pid, role) = {
+        let (pid, role, generation) = {
             let mut slots = self.slots();
             let slot = slots
                 .iter_mut()
@@ -495,18 +495,19 @@ impl Supervisor {
             } else {
                 NodeState::Stopping
             };
-            (pid, slot.node.role)
+            (pid, slot.node.role, slot.generation)
         };
         let pid = Pid::from_raw(pid as i32);
         let _ = kill(pid, sig);
         let started = Instant::now();
         let mut escalated = false;
         loop {
+            // Wait for this process, not for a later one `start` may have made.
             let alive = self
                 .slots()
                 .iter()
                 .find(|s| s.node.name == name)
-                .is_some_and(|s| s.pid.is_some());
+                .is_some_and(|s| s.generation == generation && s.pid.is_some());
             if !alive {
                 break;
             }
@@ -614,8 +615,11 @@ impl Supervisor {
 
     async fn serve_control(self: Arc<Self>, stream: UnixStream) {
         let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        let Ok(Some(line)) = lines.next_line().await else {
+        // One short line, soon: a client that sends nothing or too much is dropped.
+        let mut lines = BufReader::new(read.take(64 * 1024)).lines();
+        let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+        else {
             return;
         };
         let resp = match serde_json::from_str::<Request>(&line) {
@@ -690,6 +694,12 @@ impl Supervisor {
                 .ok_or_else(|| format!("no node named `{name}`"))?;
             if slot.state.alive() {
                 return Err(format!("{name} is already {}", slot.state.label()));
+            }
+            if slot.pid.is_some() {
+                return Err(format!(
+                    "{name} is {} but its process has not exited yet; try again",
+                    slot.state.label()
+                ));
             }
             slot.node.role
         };

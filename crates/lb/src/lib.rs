@@ -9,6 +9,7 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use hastack_config::{Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
@@ -53,23 +54,38 @@ impl VipHook for VipListener {
         if self.stop.is_some() {
             return;
         }
-        match bind_tcp(self.vip, "vip", true) {
-            Ok(listener) => {
-                let (tx, rx) = watch::channel(false);
-                let proxy = self.proxy.clone();
-                self.task = Some(tokio::spawn(hastack_runtime::serve_http1(
-                    listener,
-                    move |req, peer| {
-                        let proxy = proxy.clone();
-                        async move { proxy.forward(req, peer).await }
-                    },
-                    rx,
-                )));
-                self.stop = Some(tx);
-                info!(vip = %self.vip, "listening on the VIP");
-            }
-            Err(e) => error!(vip = %self.vip, error = %e, "cannot listen on the VIP"),
-        }
+        let (tx, mut rx) = watch::channel(false);
+        let proxy = self.proxy.clone();
+        let vip = self.vip;
+        self.task = Some(tokio::spawn(async move {
+            // The VIP's port may be held by someone else for a moment (or for good, by
+            // another user's process): keep trying, loudly, until released.
+            let mut delay = Duration::from_millis(20);
+            let listener = loop {
+                match bind_tcp(vip, "vip", true) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        error!(%vip, error = %e, "cannot listen on the VIP; retrying in {delay:?}");
+                        tokio::select! {
+                            _ = rx.changed() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            };
+            info!(%vip, "listening on the VIP");
+            hastack_runtime::serve_http1(
+                listener,
+                move |req, peer| {
+                    let proxy = proxy.clone();
+                    async move { proxy.forward(req, peer).await }
+                },
+                rx,
+            )
+            .await;
+        }));
+        self.stop = Some(tx);
     }
 
     fn release(&mut self) {

@@ -29,10 +29,11 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
-/// A port the OS says is free.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("addr").port()
+/// `N` distinct ports the OS says are free (all held until all are chosen, so none
+/// comes back twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0")).collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// A /24 in 127/8 that no other test of this run uses.
@@ -148,14 +149,7 @@ impl Stack {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let net = subnet();
-        let (http_port, admin_port, web, app, db, vrrp) = (
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        );
+        let [http_port, admin_port, web, app, db, vrrp] = free_ports::<6>();
         let a = |h: u8| format!("127.{}.{}.{h}", net.0, net.1);
         let mariadbd = if opts.sqlite {
             "/nonexistent/mariadbd"
