@@ -32,7 +32,9 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
 /// `N` distinct ports the OS says are free (all held until all are chosen, so none
 /// comes back twice).
 fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0")).collect();
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind :0"))
+        .collect();
     std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
