@@ -301,11 +301,7 @@ pub async fn run(
         .ok_or_else(|| AppError::NotAnApp(name.to_string()))?;
     let service_addr = SocketAddr::from((node.address, topo.ports.app));
     let listener = bind_tcp(service_addr, "http", false)?;
-    let admin_listener = bind_tcp(
-        SocketAddr::from((node.address, topo.ports.admin)),
-        "admin",
-        false,
-    )?;
+    let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
 
     let deadline = Duration::from_secs(60);
     let started = Instant::now();

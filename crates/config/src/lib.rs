@@ -13,7 +13,7 @@
 mod raw;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -211,6 +211,23 @@ impl Topology {
             Role::App => self.ports.app,
             Role::Db => self.ports.db,
         }
+    }
+
+    /// `(name, address:service port)` of every node of a tier: an upstream pool.
+    pub fn endpoints(&self, role: Role) -> Vec<(String, SocketAddr)> {
+        self.tier(role)
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    SocketAddr::from((n.address, self.service_port(role))),
+                )
+            })
+            .collect()
+    }
+
+    /// Where a node serves `/healthz` and `/metrics`.
+    pub fn admin_addr(&self, node: &Node) -> SocketAddr {
+        SocketAddr::from((node.address, self.ports.admin))
     }
 
     /// The site's URL through the VIP.

@@ -8,7 +8,6 @@
 
 pub mod mycnf;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,7 +191,7 @@ pub async fn run(
     )?;
 
     // Bind the admin port before the slow part, so a taken port fails fast.
-    let admin_addr = SocketAddr::from((node.address, topo.ports.admin));
+    let admin_addr = topo.admin_addr(node);
     let admin_listener = bind_tcp(admin_addr, "admin", false)?;
 
     if !layout.installed.exists() {

@@ -197,7 +197,7 @@ impl Supervisor {
     }
 
     fn admin_addr(&self, node: &Node) -> SocketAddr {
-        SocketAddr::from((node.address, self.topo.ports.admin))
+        self.topo.admin_addr(node)
     }
 
     async fn run(self: Arc<Self>) -> anyhow::Result<ExitCode> {

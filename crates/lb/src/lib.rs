@@ -108,23 +108,10 @@ pub async fn run(
         .ok_or_else(|| LbError::NotAnLb(name.to_string()))?;
     let mut registry = Registry::default();
 
-    let web: Vec<(String, SocketAddr)> = topo
-        .tier(Role::Web)
-        .map(|n| {
-            (
-                n.name.clone(),
-                SocketAddr::from((n.address, topo.ports.web)),
-            )
-        })
-        .collect();
-    let pool = Pool::new("web", &web, &mut registry);
+    let pool = Pool::new("web", &topo.endpoints(Role::Web), &mut registry);
     let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
 
-    let admin_listener = bind_tcp(
-        SocketAddr::from((node.address, topo.ports.admin)),
-        "admin",
-        false,
-    )?;
+    let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
     let vrrp_addr = SocketAddrV4::new(node.address, topo.ports.vrrp);
     let peers: Vec<SocketAddrV4> = topo
         .tier(Role::Lb)

@@ -98,16 +98,7 @@ pub async fn run(
         None => StaticSite::built_in(),
     };
     let mut registry = Registry::default();
-    let apps: Vec<(String, SocketAddr)> = topo
-        .tier(Role::App)
-        .map(|n| {
-            (
-                n.name.clone(),
-                SocketAddr::from((n.address, topo.ports.app)),
-            )
-        })
-        .collect();
-    let pool = Pool::new("app", &apps, &mut registry);
+    let pool = Pool::new("app", &topo.endpoints(Role::App), &mut registry);
     let mut opts = ProxyOptions::new(name);
     opts.trust_forwarded_proto = true;
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
@@ -120,11 +111,7 @@ pub async fn run(
 
     let service_addr = SocketAddr::from((node.address, topo.ports.web));
     let listener = bind_tcp(service_addr, "http", false)?;
-    let admin_listener = bind_tcp(
-        SocketAddr::from((node.address, topo.ports.admin)),
-        "admin",
-        false,
-    )?;
+    let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
 
     // `/healthz` on the service port is what the lb checks: fixed, cheap, no upstreams.
     let health_json =
