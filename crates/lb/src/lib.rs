@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hastack_config::{Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
-use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
+use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
 use hastack_vrrp::{Machine, Stats, UdpTransport, VipHook};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -131,24 +131,13 @@ pub async fn run(
         let stats = stats.clone();
         let pool = pool.clone();
         let name = name.to_string();
-        Arc::new(move || {
-            let state = match stats.state.load(Ordering::Relaxed) {
-                2 => "master",
-                1 => "backup",
-                _ => "initialize",
-            };
-            let body = serde_json::json!({
+        steady_probe(move || {
+            serde_json::json!({
                 "node": name,
                 "role": "lb",
-                "vrrp": state,
+                "vrrp": stats.state_name(),
                 "upstreams": pool.health_json(),
-            });
-            Box::pin(async move {
-                HealthReport {
-                    healthy: true,
-                    body,
-                }
-            }) as _
+            })
         })
     };
     let extra = {

@@ -182,11 +182,9 @@ impl Proxy {
 
     /// A response made by this proxy itself.
     pub fn local_response(&self, status: StatusCode, msg: &str) -> Response<ProxyBody> {
-        let body = format!(
-            "{{\"error\":\"{}\",\"proxy\":\"{}\"}}\n",
-            hastack_escape(msg),
-            hastack_escape(&self.opts.node_name)
-        );
+        let mut body =
+            serde_json::json!({ "error": msg, "proxy": self.opts.node_name }).to_string();
+        body.push('\n');
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
@@ -384,12 +382,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-}
-
-fn hastack_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', " ")
 }
 
 #[cfg(test)]

@@ -60,6 +60,22 @@ pub struct BindError {
 pub type HealthProbe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = HealthReport> + Send>> + Send + Sync>;
 
+/// The probe of a node that is healthy whenever it runs; `describe` says what state it
+/// is in (VRRP state, upstreams…).
+pub fn steady_probe(
+    describe: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> HealthProbe {
+    Arc::new(move || {
+        let body = describe();
+        Box::pin(async move {
+            HealthReport {
+                healthy: true,
+                body,
+            }
+        })
+    })
+}
+
 /// Extra metrics text a node renders at scrape time (values read from elsewhere).
 pub type MetricsExtra = Arc<dyn Fn(&mut String) + Send + Sync>;
 

@@ -41,6 +41,15 @@ impl Stats {
         };
         self.state.store(v, Ordering::Relaxed);
     }
+
+    /// The current state's name (`initialize`, `backup`, `master`).
+    pub fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            2 => State::Master.as_str(),
+            1 => State::Backup.as_str(),
+            _ => State::Initialize.as_str(),
+        }
+    }
 }
 
 /// What the lb does when it gains or loses the VIP.

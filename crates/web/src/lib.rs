@@ -22,7 +22,7 @@ use tracing::info;
 
 use hastack_config::{Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyBody, ProxyOptions};
-use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
+use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
 
 pub use files::StaticSite;
 
@@ -120,19 +120,13 @@ pub async fn run(
         let pool = pool.clone();
         let name = name.to_string();
         let files = site.len();
-        Arc::new(move || {
-            let body = serde_json::json!({
+        steady_probe(move || {
+            serde_json::json!({
                 "node": name,
                 "role": "web",
                 "static_files": files,
                 "upstreams": pool.health_json(),
-            });
-            Box::pin(async move {
-                HealthReport {
-                    healthy: true,
-                    body,
-                }
-            }) as _
+            })
         })
     };
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
