@@ -86,6 +86,8 @@ pub struct Ports {
     pub db: u16,
     /// VRRP adverts between lb nodes (loopback mode carries them in UDP).
     pub vrrp: u16,
+    /// The db nodes' consensus (Raft over HTTP) on who is primary.
+    pub raft: u16,
 }
 
 /// VRRP settings of the lb tier.
@@ -119,25 +121,57 @@ pub struct WebSettings {
     pub root: Option<PathBuf>,
 }
 
+/// What a write's acknowledgement promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A commit is acknowledged only once a replica has it; with no replica
+    /// acknowledging, the primary refuses writes (no acknowledged write is ever lost).
+    SemiSyncOrRefuse,
+    /// A commit waits for a replica up to the semi-sync timeout, then is acknowledged
+    /// anyway (MariaDB's own fallback; a failover then may lose it).
+    SemiSyncOrAsync,
+}
+
+impl Durability {
+    /// The name as written in the topology file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::SemiSyncOrRefuse => "semi-sync-or-refuse",
+            Durability::SemiSyncOrAsync => "semi-sync-or-async",
+        }
+    }
+}
+
 /// Database tier settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbSettings {
-    /// The node that starts as primary.
+    /// The node that starts as primary (only the first time: afterwards the db nodes
+    /// decide, and their decision survives restarts).
     pub primary: String,
     /// The `mariadbd` program (a name looked up in PATH and /usr/sbin, or a path).
     pub mariadbd: String,
     /// `innodb_buffer_pool_size` in MiB.
     pub buffer_pool_mb: u32,
-    /// How long a commit on the primary waits for a replica's acknowledgement.
+    /// What a write's acknowledgement promises.
+    pub durability: Durability,
+    /// How long a commit on the primary waits for a replica's acknowledgement before
+    /// it goes asynchronous (only with [`Durability::SemiSyncOrAsync`]).
     pub semi_sync_timeout: Duration,
+    /// The primary's lease: it stops writing when it cannot renew it, and a replica is
+    /// promoted once it has surely expired.
+    pub failover_lease: Duration,
+    /// Replicas further behind than this stop serving reads.
+    pub max_replica_lag: Duration,
+    /// Bound of every query the app makes.
+    pub query_timeout: Duration,
     /// The application's database.
     pub database: String,
     /// The application's user.
     pub user: String,
-    /// The application's password.
-    pub password: String,
-    /// The replication user's password.
-    pub repl_password: String,
+    /// The application's password (`None`: generated into the state directory).
+    pub password: Option<String>,
+    /// The replication user's password (`None`: generated into the state directory).
+    pub repl_password: Option<String>,
 }
 
 /// A validated topology.
@@ -211,6 +245,11 @@ impl Topology {
             Role::App => self.ports.app,
             Role::Db => self.ports.db,
         }
+    }
+
+    /// Where a db node takes part in the consensus on who is primary.
+    pub fn raft_addr(&self, node: &Node) -> SocketAddr {
+        SocketAddr::from((node.address, self.ports.raft))
     }
 
     /// `(name, address:service port)` of every node of a tier: an upstream pool.

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    ConfigError, ConfigErrors, DbSettings, HealthSettings, Mode, Node, Ports, Role, Topology,
-    VrrpSettings, WebSettings, line_col,
+    ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, Mode, Node, Ports, Role,
+    Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -33,6 +33,7 @@ web = 8081
 app = 8082
 db = 3306
 vrrp = 5798                # VRRP adverts between lb nodes (UDP in loopback mode)
+raft = 9102                # the db nodes' consensus on who is primary (Raft, HTTP)
 
 [vrrp]
 vrid = 51
@@ -49,14 +50,20 @@ fall = 2
 # root = "site"            # serve this directory instead of the built-in site
 
 [db]
-primary = "db1"
+primary = "db1"            # the initial primary; after a failover the db nodes decide
 mariadbd = "mariadbd"
 buffer_pool_mb = 64
-semi_sync_timeout_ms = 1000
+durability = "semi-sync-or-refuse"  # a write is acknowledged only once a replica has it;
+                           # "semi-sync-or-async" accepts writes with no replica (may lose them)
+semi_sync_timeout_ms = 1000  # semi-sync-or-async: how long a commit waits for a replica
+failover_lease_ms = 600    # the primary's lease: a primary that cannot renew it stops writing,
+                           # and a replica is promoted once it has surely expired
+max_replica_lag_ms = 5000  # replicas further behind stop serving reads
+query_timeout_ms = 2000    # no query of the app waits longer
 database = "foobar"
 user = "foobar"
-password = "foobar-dev-password"
-repl_password = "repl-dev-password"
+# password = "…"           # the app's and the replication account's passwords are
+# repl_password = "…"      # generated into <state_dir>/secrets/ unless given here
 
 [[node]]
 name = "lb1"
@@ -158,6 +165,7 @@ struct RawPorts {
     app: Spanned<u16>,
     db: Spanned<u16>,
     vrrp: Spanned<u16>,
+    raft: Spanned<u16>,
 }
 
 impl Default for RawPorts {
@@ -168,6 +176,7 @@ impl Default for RawPorts {
             app: Spanned::new(0..0, 8082),
             db: Spanned::new(0..0, 3306),
             vrrp: Spanned::new(0..0, 5798),
+            raft: Spanned::new(0..0, 9102),
         }
     }
 }
@@ -222,11 +231,15 @@ struct RawDb {
     primary: Option<Spanned<String>>,
     mariadbd: String,
     buffer_pool_mb: Spanned<u32>,
-    semi_sync_timeout_ms: u64,
+    durability: Spanned<String>,
+    semi_sync_timeout_ms: Spanned<u64>,
+    failover_lease_ms: Spanned<u64>,
+    max_replica_lag_ms: Spanned<u64>,
+    query_timeout_ms: Spanned<u64>,
     database: Spanned<String>,
     user: Spanned<String>,
-    password: String,
-    repl_password: String,
+    password: Option<Spanned<String>>,
+    repl_password: Option<Spanned<String>>,
 }
 
 impl Default for RawDb {
@@ -235,11 +248,15 @@ impl Default for RawDb {
             primary: None,
             mariadbd: "mariadbd".into(),
             buffer_pool_mb: Spanned::new(0..0, 64),
-            semi_sync_timeout_ms: 1000,
+            durability: Spanned::new(0..0, "semi-sync-or-refuse".into()),
+            semi_sync_timeout_ms: Spanned::new(0..0, 1000),
+            failover_lease_ms: Spanned::new(0..0, 600),
+            max_replica_lag_ms: Spanned::new(0..0, 5000),
+            query_timeout_ms: Spanned::new(0..0, 2000),
             database: Spanned::new(0..0, "foobar".into()),
             user: Spanned::new(0..0, "foobar".into()),
-            password: "foobar-dev-password".into(),
-            repl_password: "repl-dev-password".into(),
+            password: None,
+            repl_password: None,
         }
     }
 }
@@ -392,6 +409,7 @@ pub(crate) fn validate(
         (&p.app, "ports.app"),
         (&p.db, "ports.db"),
         (&p.vrrp, "ports.vrrp"),
+        (&p.raft, "ports.raft"),
     ] {
         c.positive(v, what);
     }
@@ -399,6 +417,7 @@ pub(crate) fn validate(
         (&p.web, "ports.web"),
         (&p.app, "ports.app"),
         (&p.db, "ports.db"),
+        (&p.raft, "ports.raft"),
     ] {
         if v.get_ref() == p.admin.get_ref() {
             c.error(
@@ -434,7 +453,57 @@ pub(crate) fn validate(
     c.positive(&h.rise, "health.rise");
     c.positive(&h.fall, "health.fall");
 
+    if p.raft.get_ref() == p.db.get_ref() {
+        c.error(
+            &p.raft,
+            format!(
+                "ports.raft is the same port as ports.db ({})",
+                p.db.get_ref()
+            ),
+            "db nodes serve MariaDB and their consensus on different ports: pick another",
+        );
+    }
+
     c.positive(&raw.db.buffer_pool_mb, "db.buffer_pool_mb");
+    let durability = match raw.db.durability.get_ref().as_str() {
+        "semi-sync-or-refuse" => Some(Durability::SemiSyncOrRefuse),
+        "semi-sync-or-async" => Some(Durability::SemiSyncOrAsync),
+        other => {
+            c.error(
+                &raw.db.durability,
+                format!(
+                    "unknown db.durability \"{other}\", expected \"semi-sync-or-refuse\" or \"semi-sync-or-async\""
+                ),
+                "\"semi-sync-or-refuse\" acknowledges a write only once a replica has it (no acknowledged write is lost); \"semi-sync-or-async\" keeps accepting writes when no replica answers",
+            );
+            None
+        }
+    };
+    c.positive(&raw.db.semi_sync_timeout_ms, "db.semi_sync_timeout_ms");
+    c.positive(&raw.db.max_replica_lag_ms, "db.max_replica_lag_ms");
+    c.positive(&raw.db.query_timeout_ms, "db.query_timeout_ms");
+    let lease = *raw.db.failover_lease_ms.get_ref();
+    if !(200..=60_000).contains(&lease) {
+        c.error(
+            &raw.db.failover_lease_ms,
+            format!("db.failover_lease_ms must be 200..=60000, found {lease}"),
+            "the lease bounds how long a dead primary goes unnoticed: 600 (0.6 s) is the default; below 200 ms a busy machine would fail over spuriously",
+        );
+    }
+    for (v, what) in [
+        (&raw.db.password, "db.password"),
+        (&raw.db.repl_password, "db.repl_password"),
+    ] {
+        if let Some(v) = v
+            && (v.get_ref().is_empty() || v.get_ref().chars().any(char::is_control))
+        {
+            c.error(
+                v,
+                format!("{what} is empty or has control characters"),
+                "give a non-empty password of printable characters, or remove the line to have one generated into <state_dir>/secrets/",
+            );
+        }
+    }
     for (v, what) in [(&raw.db.database, "db.database"), (&raw.db.user, "db.user")] {
         if !valid_sql_ident(v.get_ref()) {
             c.error(
@@ -605,6 +674,7 @@ pub(crate) fn validate(
             app: p.app.clone().into_inner(),
             db: p.db.clone().into_inner(),
             vrrp: p.vrrp.clone().into_inner(),
+            raft: p.raft.clone().into_inner(),
         },
         vrrp: VrrpSettings {
             vrid: raw.vrrp.vrid.into_inner(),
@@ -624,11 +694,15 @@ pub(crate) fn validate(
             primary,
             mariadbd: raw.db.mariadbd,
             buffer_pool_mb: raw.db.buffer_pool_mb.into_inner(),
-            semi_sync_timeout: Duration::from_millis(raw.db.semi_sync_timeout_ms),
+            durability: durability.unwrap_or(Durability::SemiSyncOrRefuse),
+            semi_sync_timeout: Duration::from_millis(raw.db.semi_sync_timeout_ms.into_inner()),
+            failover_lease: Duration::from_millis(lease),
+            max_replica_lag: Duration::from_millis(raw.db.max_replica_lag_ms.into_inner()),
+            query_timeout: Duration::from_millis(raw.db.query_timeout_ms.into_inner()),
             database: raw.db.database.into_inner(),
             user: raw.db.user.into_inner(),
-            password: raw.db.password,
-            repl_password: raw.db.repl_password,
+            password: raw.db.password.map(Spanned::into_inner),
+            repl_password: raw.db.repl_password.map(Spanned::into_inner),
         },
         nodes,
     })

@@ -1,12 +1,18 @@
-//! The db node: one supervised `mariadbd` (Debian's `mariadb-server`).
+//! The db node: one supervised `mariadbd` (Debian's `mariadb-server`) and its part in
+//! deciding who is primary.
 //!
 //! On start it initialises the datadir when new (`mariadb-install-db`), writes the
-//! instance's `my.cnf`, starts `mariadbd` as its child (which dies with it), waits until
-//! it answers, and on a replica points replication at the primary with
-//! `MASTER_USE_GTID=slave_pos`. `/healthz` reports the role and the replication state.
-//! If `mariadbd` exits, the node exits too: a dead database is shown as a dead node.
+//! instance's `my.cnf`, starts `mariadbd` read-only as its child (which dies with it),
+//! joins the db nodes' consensus (`raft.rs`) and hands over to the agent (`agent.rs`),
+//! which makes the server the primary or a replica as the replicated record says, and
+//! fails over when the primary's lease expires (`failover.rs`, the pure rules).
+//! `/healthz` reports the role and the replication state. If `mariadbd` exits, the node
+//! exits too: a dead database is shown as a dead node.
 
+pub mod agent;
+pub mod failover;
 pub mod mycnf;
+pub mod raft;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sqlx::Row;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
+use hastack_runtime::secrets::DbSecrets;
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 use mycnf::{Accounts, Instance, Layout};
 use serde_json::json;
@@ -72,6 +78,14 @@ pub enum DbError {
     /// The admin port could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A datadir exists without the marker of a finished install.
+    #[error(
+        "{0} holds data but has no install marker ({1}); hastack never deletes a datadir. If it is a complete MariaDB datadir (e.g. restored from a backup), create the marker: `touch {1}`; if it is left from a failed install, remove it: `rm -r {0}`"
+    )]
+    Unmarked(PathBuf, PathBuf),
+    /// The consensus could not start.
+    #[error("consensus: {0}")]
+    Consensus(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
@@ -94,35 +108,8 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The admin password of an instance, made once and kept in its directory.
-fn admin_secret(layout: &Layout) -> Result<String, DbError> {
-    if let Ok(s) = std::fs::read_to_string(&layout.secret) {
-        let s = s.trim().to_string();
-        if !s.is_empty() {
-            return Ok(s);
-        }
-    }
-    use rand::Rng;
-    let secret: String = rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
-    write_private(&layout.secret, &secret)?;
-    Ok(secret)
-}
-
 fn write_private(path: &Path, text: &str) -> Result<(), DbError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(text.as_bytes()).map_err(io_err(path))
+    hastack_runtime::secrets::write_private(path, text).map_err(io_err(path))
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -136,21 +123,15 @@ pub async fn run(
     topo: &Topology,
     name: &str,
     state_dir: &Path,
+    secrets: DbSecrets,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DbError> {
     let node = topo
         .node(name)
         .filter(|n| n.role == Role::Db)
         .ok_or_else(|| DbError::NotADb(name.to_string()))?;
-    let primary_node = topo
-        .node(&topo.db.primary)
-        .ok_or_else(|| DbError::NotADb(topo.db.primary.clone()))?;
-    let is_primary = name == topo.db.primary;
-    let server_id = topo
-        .tier(Role::Db)
-        .position(|n| n.name == name)
-        .unwrap_or(0) as u32
-        + 1;
+    let settings =
+        agent::Settings::new(topo, name, &secrets).ok_or_else(|| DbError::NotADb(name.into()))?;
 
     let mariadbd = find_program(&topo.db.mariadbd)
         .ok_or_else(|| DbError::NotInstalled(topo.db.mariadbd.clone()))?;
@@ -168,37 +149,51 @@ pub async fn run(
     ] {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let admin_password = admin_secret(&layout)?;
     let instance = Instance {
-        server_id,
+        server_id: settings.me.id as u32,
         address: node.address.to_string(),
         port: topo.ports.db,
-        primary: is_primary,
         buffer_pool_mb: topo.db.buffer_pool_mb,
-        semi_sync_timeout_ms: topo.db.semi_sync_timeout.as_millis() as u64,
+        semi_sync_timeout_ms: settings.semi_sync_timeout_ms(),
         as_root: nix::unistd::geteuid().is_root(),
     };
     std::fs::write(&layout.cnf, mycnf::my_cnf(&layout, &instance)).map_err(io_err(&layout.cnf))?;
+    // Accounts are scoped to the addresses their users connect from. On loopback every
+    // connection to a 127.x address leaves from 127.0.0.1 (neither sqlx nor MariaDB's
+    // replication can bind a source address), so there that is the one address.
+    let hosts = |role| -> Vec<String> {
+        match topo.mode {
+            hastack_config::Mode::Loopback => vec!["127.0.0.1".to_string()],
+        }
+        .into_iter()
+        .chain(topo.tier(role).map(|n| n.address.to_string()))
+        .collect()
+    };
+    let (db_hosts, app_hosts) = (hosts(Role::Db), hosts(Role::App));
     write_private(
         &layout.init,
         &mycnf::init_sql(&Accounts {
-            admin_password: &admin_password,
-            repl_password: &topo.db.repl_password,
+            admin_password: &secrets.admin,
+            repl_password: &secrets.repl,
             database: &topo.db.database,
             user: &topo.db.user,
-            password: &topo.db.password,
+            password: &secrets.app,
+            db_hosts: &db_hosts,
+            app_hosts: &app_hosts,
         }),
     )?;
+    // The per-instance admin secret of earlier versions is replaced by the shared one.
+    let _ = std::fs::remove_file(layout.base.join("admin.secret"));
 
-    // Bind the admin port before the slow part, so a taken port fails fast.
-    let admin_addr = topo.admin_addr(node);
-    let admin_listener = bind_tcp(admin_addr, "admin", false)?;
+    // Bind the listeners before the slow part, so a taken port fails fast.
+    let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
+    let raft_listener = bind_tcp(topo.raft_addr(node), "raft", false)?;
 
     if !layout.installed.exists() {
         install(&install_db, &layout).await?;
     }
     let mut child = start(&mariadbd, &layout)?;
-    let pool = match wait_until_up(&mut child, &layout, &admin_password, &mut shutdown).await {
+    let pool = match wait_until_up(&mut child, &layout, &secrets.admin, &mut shutdown).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             stop(&mut child).await;
@@ -209,36 +204,52 @@ pub async fn run(
             return Err(e);
         }
     };
-    if !is_primary {
-        let setup = configure_replica(
-            &pool,
-            &primary_node.address.to_string(),
-            topo.ports.db,
-            &topo.db.repl_password,
-        )
-        .await;
-        if let Err(e) = setup {
-            stop(&mut child).await;
-            return Err(e);
-        }
-    }
-    info!(node = name, role = if is_primary { "primary" } else { "replica" }, addr = %node.address, port = topo.ports.db, "mariadbd ready");
 
+    let members = settings
+        .peers
+        .iter()
+        .map(|p| {
+            let addr = topo
+                .node(&p.name)
+                .map(|n| topo.raft_addr(n).to_string())
+                .unwrap_or_default();
+            (p.id, openraft::BasicNode { addr })
+        })
+        .collect();
+    let (raft, cluster, shared) =
+        match raft::start(settings.me.id, &layout.base.join("raft"), members).await {
+            Ok(r) => r,
+            Err(e) => {
+                stop(&mut child).await;
+                return Err(DbError::Consensus(e));
+            }
+        };
+    let raft_task = tokio::spawn(raft::serve(raft.clone(), raft_listener, shutdown.clone()));
+    info!(node = name, addr = %node.address, port = topo.ports.db, "mariadbd ready (read-only until the consensus says otherwise)");
+
+    let agent = agent::Agent::new(settings, pool.clone(), raft.clone(), cluster, shared);
+    let snapshot = agent.snapshot();
+    let durability = topo.db.durability;
     let probe = {
-        let pool = pool.clone();
+        let snapshot = snapshot.clone();
         let name: Arc<str> = name.into();
         Arc::new(move || {
-            let pool = pool.clone();
-            let name = name.clone();
-            Box::pin(async move { health(&pool, &name, is_primary).await }) as _
+            let report = health(&lock(&snapshot), &name, durability);
+            Box::pin(async move { report }) as _
         })
+    };
+    let extra = {
+        let snapshot = snapshot.clone();
+        Arc::new(move |out: &mut String| metrics(&lock(&snapshot), out))
+            as hastack_runtime::MetricsExtra
     };
     let admin = Admin::new(
         probe,
         prometheus_client::registry::Registry::default(),
-        None,
+        Some(extra),
     );
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
+    let agent_task = tokio::spawn(agent.run(shutdown.clone()));
 
     let result = tokio::select! {
         _ = shutdown.changed() => Ok(()),
@@ -251,22 +262,160 @@ pub async fn run(
             Err(DbError::Died(why, layout.error_log.clone()))
         }
     };
+    // The agent fences a primary on its way out, before mariadbd stops.
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+    let _ = raft.shutdown().await;
+    raft_task.abort();
     pool.close().await;
     stop(&mut child).await;
     let _ = admin_task.await;
     result
 }
 
-/// Initialises the datadir. It counts as done only once the marker file is written, so
-/// a datadir left half-made by an interrupted install is wiped and made again.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `/healthz` from the agent's last look: healthy while `mariadbd` answers.
+fn health(
+    snap: &agent::Snapshot,
+    name: &str,
+    durability: hastack_config::Durability,
+) -> HealthReport {
+    let mut body = match &snap.detail {
+        serde_json::Value::Object(_) => snap.detail.clone(),
+        _ => json!({}),
+    };
+    body["node"] = json!(name);
+    body["role"] = json!("db");
+    body["db_role"] = json!(if snap.db_role.is_empty() {
+        "starting"
+    } else {
+        snap.db_role.as_str()
+    });
+    body["durability"] = json!(durability.as_str());
+    if snap.db_role == "primary" || snap.db_role.starts_with("primary ") {
+        body["writes"] = json!(if snap.db_role == "primary" {
+            if snap.observation.semi_sync_on && snap.observation.semi_sync_clients > 0 {
+                "accepted (semi-sync: a replica acknowledges each commit)".to_string()
+            } else {
+                "accepted ASYNCHRONOUSLY: no replica acknowledges, a failover may lose them"
+                    .to_string()
+            }
+        } else {
+            format!("refused: {}", snap.db_role)
+        });
+        body["lease_left_ms"] = json!(snap.lease_left_ms);
+    }
+    body["cluster"] = json!({
+        "epoch": snap.cluster.epoch,
+        "primary": snap.cluster.primary,
+        "consensus_leader": snap.leader,
+        "last_failover": snap.cluster.last_failover,
+    });
+    HealthReport {
+        healthy: snap.answering,
+        body,
+    }
+}
+
+fn metrics(snap: &agent::Snapshot, out: &mut String) {
+    use std::fmt::Write;
+    let o = &snap.observation;
+    let lag = snap
+        .detail
+        .get("replication")
+        .and_then(|r| r.get("seconds_behind_master"))
+        .and_then(|v| v.as_u64());
+    let mut g = |name: &str, help: &str, kind: &str, v: f64| {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        let _ = writeln!(out, "{name}{suffix} {v}");
+    };
+    g(
+        "hastack_db_up",
+        "mariadbd answers",
+        "gauge",
+        f64::from(u8::from(snap.answering)),
+    );
+    g(
+        "hastack_db_primary",
+        "This node is the primary and accepts writes",
+        "gauge",
+        f64::from(u8::from(snap.db_role == "primary")),
+    );
+    g(
+        "hastack_db_read_only",
+        "@@read_only",
+        "gauge",
+        f64::from(u8::from(o.read_only)),
+    );
+    g(
+        "hastack_db_epoch",
+        "Epoch of the replicated primary record",
+        "gauge",
+        snap.cluster.epoch as f64,
+    );
+    g(
+        "hastack_db_semi_sync_clients",
+        "Replicas acknowledging commits (on the primary)",
+        "gauge",
+        f64::from(o.semi_sync_clients),
+    );
+    g(
+        "hastack_db_semi_sync_on",
+        "Semi-sync replication is active (on the primary)",
+        "gauge",
+        f64::from(u8::from(o.semi_sync_on)),
+    );
+    if let Some(lag) = lag {
+        g(
+            "hastack_db_replication_lag_seconds",
+            "Seconds_Behind_Master",
+            "gauge",
+            lag as f64,
+        );
+    }
+    g(
+        "hastack_db_fences",
+        "Fences carried out by this node",
+        "counter",
+        snap.fences as f64,
+    );
+    g(
+        "hastack_db_failovers",
+        "Failovers decided by this node as arbiter",
+        "counter",
+        snap.failovers as f64,
+    );
+}
+
+/// Initialises the datadir: `mariadb-install-db` into `data.installing`, then renamed to
+/// `data` and the marker written (fsynced), so `data` exists only when complete. A
+/// `data` without the marker (an older hastack's, or one restored by hand) is never
+/// deleted: the node refuses to start and says what to do.
 async fn install(install_db: &Path, layout: &Layout) -> Result<(), DbError> {
     if layout.data.exists() {
-        warn!(datadir = %layout.data.display(), "datadir without a finished install; making it again");
-        std::fs::remove_dir_all(&layout.data).map_err(io_err(&layout.data))?;
+        let holds_data = std::fs::read_dir(&layout.data)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if holds_data {
+            return Err(DbError::Unmarked(
+                layout.data.clone(),
+                layout.installed.clone(),
+            ));
+        }
+        std::fs::remove_dir(&layout.data).map_err(io_err(&layout.data))?;
+    }
+    let staging = layout.base.join("data.installing");
+    if staging.exists() {
+        warn!(dir = %staging.display(), "removing an interrupted install");
+        std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
     }
     info!(datadir = %layout.data.display(), "initialising a new datadir");
     let mut cmd = Command::new(install_db);
     cmd.arg(format!("--defaults-file={}", layout.cnf.display()))
+        .arg(format!("--datadir={}", staging.display()))
         .arg("--skip-test-db")
         .arg("--auth-root-authentication-method=socket")
         .kill_on_drop(true);
@@ -277,7 +426,7 @@ async fn install(install_db: &Path, layout: &Layout) -> Result<(), DbError> {
         .map_err(|_| DbError::Install(format!("no result within {INSTALL_TIMEOUT:?}")))?
         .map_err(|e| DbError::Install(e.to_string()))?;
     if !out.status.success() {
-        let _ = std::fs::remove_dir_all(&layout.data);
+        let _ = std::fs::remove_dir_all(&staging);
         let text = String::from_utf8_lossy(&out.stderr);
         let last: Vec<&str> = text.lines().rev().take(5).collect();
         return Err(DbError::Install(format!(
@@ -286,8 +435,12 @@ async fn install(install_db: &Path, layout: &Layout) -> Result<(), DbError> {
             last.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )));
     }
-    std::fs::write(&layout.installed, "mariadb-install-db finished\n")
-        .map_err(io_err(&layout.installed))
+    std::fs::rename(&staging, &layout.data).map_err(io_err(&layout.data))?;
+    hastack_runtime::secrets::write_private(&layout.installed, "mariadb-install-db finished\n")
+        .map_err(io_err(&layout.installed))?;
+    std::fs::File::open(&layout.base)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(&layout.base))
 }
 
 fn start(mariadbd: &Path, layout: &Layout) -> Result<Child, DbError> {
@@ -347,107 +500,6 @@ async fn wait_until_up(
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
-}
-
-async fn configure_replica(
-    pool: &MySqlPool,
-    host: &str,
-    port: u16,
-    repl_password: &str,
-) -> Result<(), DbError> {
-    let sql = |what: &'static str| move |source| DbError::Sql { what, source };
-    sqlx::query("STOP SLAVE")
-        .execute(pool)
-        .await
-        .map_err(sql("STOP SLAVE"))?;
-    let change = format!(
-        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={port}, MASTER_USER='hastack_repl', MASTER_PASSWORD={}, \
-         MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1",
-        mycnf::sql_string(host),
-        mycnf::sql_string(repl_password)
-    );
-    sqlx::raw_sql(&change)
-        .execute(pool)
-        .await
-        .map_err(sql("CHANGE MASTER"))?;
-    sqlx::query("START SLAVE")
-        .execute(pool)
-        .await
-        .map_err(sql("START SLAVE"))?;
-    Ok(())
-}
-
-async fn health(pool: &MySqlPool, name: &str, is_primary: bool) -> HealthReport {
-    let (healthy, mut body) =
-        match tokio::time::timeout(Duration::from_secs(2), replication_state(pool, is_primary))
-            .await
-        {
-            Ok(Ok(state)) => state,
-            Ok(Err(e)) => (false, json!({ "error": e.to_string() })),
-            Err(_) => (
-                false,
-                json!({ "error": "mariadbd did not answer within 2 s" }),
-            ),
-        };
-    body["node"] = json!(name);
-    body["role"] = json!("db");
-    HealthReport { healthy, body }
-}
-
-/// Role, GTID position and replication threads; healthy when it answers and, on a
-/// replica, the SQL thread runs.
-async fn replication_state(
-    pool: &MySqlPool,
-    is_primary: bool,
-) -> Result<(bool, serde_json::Value), sqlx::Error> {
-    let row = sqlx::query("SELECT @@read_only AS ro, @@gtid_current_pos AS pos")
-        .fetch_one(pool)
-        .await?;
-    let read_only: i64 = row.try_get("ro")?;
-    let pos: String = row.try_get("pos")?;
-    let mut body = json!({
-        "db_role": if is_primary { "primary" } else { "replica" },
-        "read_only": read_only != 0,
-        "gtid_current_pos": pos,
-    });
-    if is_primary {
-        let status = |name: &'static str| async move {
-            let row = sqlx::query(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
-                .fetch_optional(pool)
-                .await?;
-            Ok::<_, sqlx::Error>(
-                row.and_then(|r| r.try_get::<String, _>(1).ok())
-                    .unwrap_or_default(),
-            )
-        };
-        body["semi_sync"] = json!(status("Rpl_semi_sync_master_status").await?);
-        body["semi_sync_clients"] = json!(
-            status("Rpl_semi_sync_master_clients")
-                .await?
-                .parse::<u32>()
-                .unwrap_or(0)
-        );
-        return Ok((true, body));
-    }
-    let Some(s) = sqlx::query("SHOW SLAVE STATUS")
-        .fetch_optional(pool)
-        .await?
-    else {
-        body["replication"] = serde_json::Value::Null;
-        return Ok((false, body));
-    };
-    let text = |col: &str| s.try_get::<String, _>(col).unwrap_or_default();
-    let sql = text("Slave_SQL_Running");
-    let healthy = sql == "Yes";
-    body["replication"] = json!({
-        "master_host": text("Master_Host"),
-        "io_running": text("Slave_IO_Running"),
-        "sql_running": sql,
-        "seconds_behind_master": s.try_get::<Option<u64>, _>("Seconds_Behind_Master").ok().flatten(),
-        "gtid_io_pos": text("Gtid_IO_Pos"),
-        "last_error": format!("{}{}", text("Last_IO_Error"), text("Last_SQL_Error")),
-    });
-    Ok((healthy, body))
 }
 
 async fn stop(child: &mut Child) {

@@ -22,8 +22,6 @@ pub struct Layout {
     pub cnf: PathBuf,
     /// The generated init file.
     pub init: PathBuf,
-    /// hastack's admin password for this instance.
-    pub secret: PathBuf,
     /// Written once `mariadb-install-db` has finished: the datadir is complete.
     pub installed: PathBuf,
 }
@@ -40,7 +38,6 @@ impl Layout {
             error_log: base.join("mariadbd.err"),
             cnf: base.join("my.cnf"),
             init: base.join("init.sql"),
-            secret: base.join("admin.secret"),
             installed: base.join("installed"),
             base,
         }
@@ -56,11 +53,9 @@ pub struct Instance {
     pub address: String,
     /// `port`.
     pub port: u16,
-    /// Primary (writable, semi-sync master side) or replica (read-only, semi-sync slave side).
-    pub primary: bool,
     /// `innodb_buffer_pool_size` in MiB.
     pub buffer_pool_mb: u32,
-    /// `rpl_semi_sync_master_timeout` in ms.
+    /// `rpl_semi_sync_master_timeout` in ms (used once the agent makes it primary).
     pub semi_sync_timeout_ms: u64,
     /// Run as root (`user=root`), which mariadbd refuses without saying so.
     pub as_root: bool,
@@ -101,20 +96,25 @@ pub fn my_cnf(l: &Layout, i: &Instance) -> String {
     kv("gtid_strict_mode", "ON");
     kv("sync_binlog", "1");
     kv("innodb_flush_log_at_trx_commit", "1");
-    if i.primary {
-        kv("read_only", "OFF");
-        // Semi-sync, master side only on the primary (on a replica it stalls the SQL
-        // thread); AFTER_SYNC is the lossless wait point.
-        kv("rpl_semi_sync_master_enabled", "ON");
-        kv("rpl_semi_sync_master_wait_point", "AFTER_SYNC");
-        kv(
-            "rpl_semi_sync_master_timeout",
-            &i.semi_sync_timeout_ms.to_string(),
-        );
-    } else {
-        kv("read_only", "ON");
-        kv("rpl_semi_sync_slave_enabled", "ON");
-    }
+    // Binlogs are kept a week, then purged: enough for a replica to come back from a
+    // long outage, bounded on disk.
+    kv("binlog_expire_logs_seconds", "604800");
+    // Every server starts read-only: only the agent of the primary, holding its lease,
+    // turns writes on. A restarted old primary can never come back writable.
+    kv("read_only", "ON");
+    // Semi-sync: the slave side everywhere, which also makes crash recovery of a
+    // former primary drop transactions that no replica acknowledged (MDEV-21117), so
+    // it can rejoin. The master side is off until the agent promotes this server (on a
+    // replica it would stall the SQL thread); AFTER_SYNC is the lossless wait point.
+    kv("rpl_semi_sync_slave_enabled", "ON");
+    kv("rpl_semi_sync_master_enabled", "OFF");
+    kv("rpl_semi_sync_master_wait_point", "AFTER_SYNC");
+    kv(
+        "rpl_semi_sync_master_timeout",
+        &i.semi_sync_timeout_ms.to_string(),
+    );
+    // A replica notices a silent primary within seconds, not the default minute.
+    kv("slave_net_timeout", "5");
     s
 }
 
@@ -135,19 +135,25 @@ pub fn sql_string(s: &str) -> String {
 }
 
 /// Accounts and database, made on every start, the same on every node and kept out of
-/// the binlog so no node ever has a transaction the others lack.
+/// the binlog so no node ever has a transaction the others lack. Each account is
+/// scoped to the addresses that use it.
 #[derive(Debug, Clone)]
 pub struct Accounts<'a> {
-    /// hastack's own administrative account (over the unix socket only).
+    /// hastack's own administrative account: over the unix socket, and from the other
+    /// db nodes (fencing and promotion).
     pub admin_password: &'a str,
-    /// Replication account.
+    /// Replication account, from the db nodes.
     pub repl_password: &'a str,
     /// The application's database.
     pub database: &'a str,
-    /// The application's account.
+    /// The application's account, from the app nodes.
     pub user: &'a str,
     /// Its password.
     pub password: &'a str,
+    /// The db nodes' addresses.
+    pub db_hosts: &'a [String],
+    /// The app nodes' addresses.
+    pub app_hosts: &'a [String],
 }
 
 /// The SQL of the init file.
@@ -157,32 +163,59 @@ pub fn init_sql(a: &Accounts<'_>) -> String {
     let app = sql_string(a.password);
     let db = a.database;
     let user = a.user;
-    format!(
-        "SET sql_log_bin = 0;\n\
-         CREATE USER IF NOT EXISTS 'hastack_admin'@'localhost' IDENTIFIED BY {admin};\n\
-         ALTER USER 'hastack_admin'@'localhost' IDENTIFIED BY {admin};\n\
-         GRANT ALL PRIVILEGES ON *.* TO 'hastack_admin'@'localhost' WITH GRANT OPTION;\n\
-         CREATE USER IF NOT EXISTS 'hastack_repl'@'%' IDENTIFIED BY {repl};\n\
-         ALTER USER 'hastack_repl'@'%' IDENTIFIED BY {repl};\n\
-         GRANT REPLICATION SLAVE ON *.* TO 'hastack_repl'@'%';\n\
-         CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4;\n\
-         CREATE USER IF NOT EXISTS '{user}'@'%' IDENTIFIED BY {app};\n\
-         ALTER USER '{user}'@'%' IDENTIFIED BY {app};\n\
-         GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'%';\n\
-         SET sql_log_bin = 1;\n"
-    )
+    let mut s = String::from("SET sql_log_bin = 0;\n");
+    // Accounts of earlier versions that any host could use.
+    s.push_str(&format!(
+        "DROP USER IF EXISTS 'hastack_repl'@'%';\nDROP USER IF EXISTS '{user}'@'%';\n"
+    ));
+    let mut account = |name: &str, host: &str, password: &str, grants: &[String]| {
+        let who = format!("'{name}'@{}", sql_string(host));
+        s.push_str(&format!(
+            "CREATE USER IF NOT EXISTS {who} IDENTIFIED BY {password};\n\
+             ALTER USER {who} IDENTIFIED BY {password};\n"
+        ));
+        for g in grants {
+            s.push_str(&format!("GRANT {g} TO {who};\n"));
+        }
+    };
+    let all = ["ALL PRIVILEGES ON *.*".to_string()];
+    account("hastack_admin", "localhost", &admin, &all);
+    for h in a.db_hosts {
+        account("hastack_admin", h, &admin, &all);
+        account(
+            "hastack_repl",
+            h,
+            &repl,
+            &["REPLICATION SLAVE ON *.*".to_string()],
+        );
+    }
+    for h in a.app_hosts {
+        account(
+            user,
+            h,
+            &app,
+            &[
+                format!("ALL PRIVILEGES ON `{db}`.*"),
+                // SHOW SLAVE STATUS: the app measures replica lag itself.
+                "SLAVE MONITOR ON *.*".to_string(),
+            ],
+        );
+    }
+    s.push_str(&format!(
+        "CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET utf8mb4;\nSET sql_log_bin = 1;\n"
+    ));
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn inst(primary: bool) -> Instance {
+    fn inst() -> Instance {
         Instance {
             server_id: 2,
             address: "127.0.4.2".into(),
             port: 3306,
-            primary,
             buffer_pool_mb: 64,
             semi_sync_timeout_ms: 1000,
             as_root: true,
@@ -190,9 +223,9 @@ mod tests {
     }
 
     #[test]
-    fn every_instance_has_its_own_dirs_and_gtid_replication() {
+    fn every_instance_has_its_own_dirs_and_starts_read_only() {
         let l = Layout::new(Path::new("/s"), "db2");
-        let cnf = my_cnf(&l, &inst(false));
+        let cnf = my_cnf(&l, &inst());
         for line in [
             "datadir=/s/db/db2/data",
             "tmpdir=/s/db/db2/tmp",
@@ -204,38 +237,57 @@ mod tests {
             "gtid_strict_mode=ON",
             "read_only=ON",
             "rpl_semi_sync_slave_enabled=ON",
+            "rpl_semi_sync_master_enabled=OFF",
+            "rpl_semi_sync_master_wait_point=AFTER_SYNC",
+            "binlog_expire_logs_seconds=604800",
             "innodb_buffer_pool_size=64M",
             "user=root",
         ] {
             assert!(cnf.lines().any(|l| l == line), "missing {line} in\n{cnf}");
         }
-        assert!(
-            !cnf.contains("rpl_semi_sync_master_enabled"),
-            "semi-sync master side only on the primary"
-        );
     }
 
-    #[test]
-    fn the_primary_waits_lossless() {
-        let cnf = my_cnf(&Layout::new(Path::new("/s"), "db1"), &inst(true));
-        assert!(cnf.contains("rpl_semi_sync_master_wait_point=AFTER_SYNC"));
-        assert!(cnf.contains("read_only=OFF"));
-    }
-
-    #[test]
-    fn passwords_are_quoted() {
-        assert_eq!(sql_string("a'b\\c"), "'a''b\\\\c'");
-        let sql = init_sql(&Accounts {
+    fn accounts<'a>(db: &'a [String], app: &'a [String]) -> Accounts<'a> {
+        Accounts {
             admin_password: "x'; DROP",
             repl_password: "r",
             database: "foobar",
             user: "foobar",
             password: "p",
-        });
+            db_hosts: db,
+            app_hosts: app,
+        }
+    }
+
+    #[test]
+    fn passwords_are_quoted_and_accounts_never_replicated() {
+        assert_eq!(sql_string("a'b\\c"), "'a''b\\\\c'");
+        let sql = init_sql(&accounts(&[], &[]));
         assert!(sql.contains("'x''; DROP'"));
         assert!(
             sql.starts_with("SET sql_log_bin = 0;"),
             "accounts are never replicated"
+        );
+    }
+
+    #[test]
+    fn accounts_are_scoped_to_the_nodes_that_use_them() {
+        let db = vec!["127.0.4.1".to_string(), "127.0.4.2".to_string()];
+        let app = vec!["127.0.3.1".to_string()];
+        let sql = init_sql(&accounts(&db, &app));
+        assert!(!sql.contains("CREATE USER IF NOT EXISTS 'foobar'@'%'"));
+        assert!(!sql.contains("CREATE USER IF NOT EXISTS 'hastack_repl'@'%'"));
+        assert!(
+            sql.contains("DROP USER IF EXISTS 'foobar'@'%'"),
+            "old open accounts go"
+        );
+        assert!(sql.contains("GRANT ALL PRIVILEGES ON `foobar`.* TO 'foobar'@'127.0.3.1'"));
+        assert!(sql.contains("GRANT SLAVE MONITOR ON *.* TO 'foobar'@'127.0.3.1'"));
+        assert!(sql.contains("GRANT REPLICATION SLAVE ON *.* TO 'hastack_repl'@'127.0.4.2'"));
+        assert!(sql.contains("'hastack_admin'@'127.0.4.1'"));
+        assert!(
+            !sql.contains("'foobar'@'127.0.4.1'"),
+            "db hosts get no app account"
         );
     }
 }

@@ -47,6 +47,18 @@ pub(crate) fn main(
     };
     // Current-thread runtime: children (mariadbd) are spawned from the main thread,
     // which lives as long as the process (see hastack_runtime::child).
+    let secrets = if matches!(node.role, Role::App | Role::Db) && sqlite.is_none() {
+        Some(
+            hastack_runtime::secrets::DbSecrets::load_or_create(
+                &state_dir,
+                topo.db.password.as_deref(),
+                topo.db.repl_password.as_deref(),
+            )
+            .context("reading the database passwords")?,
+        )
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -61,17 +73,23 @@ pub(crate) fn main(
                 Role::Lb => hastack_lb::run(&topo, name, rx).await.map_err(Into::into),
                 Role::Web => hastack_web::run(&topo, name, rx).await.map_err(Into::into),
                 Role::App => {
-                    let data = match sqlite {
-                        Some(p) => hastack_app::DataSource::Sqlite(p),
-                        None => hastack_app::DataSource::MariaDb,
+                    let data = match (sqlite, secrets.clone()) {
+                        (Some(p), _) => hastack_app::DataSource::Sqlite(p),
+                        (None, Some(s)) => hastack_app::DataSource::MariaDb(s),
+                        (None, None) => anyhow::bail!("no database passwords for {name}"),
                     };
                     hastack_app::run(&topo, name, data, rx)
                         .await
                         .map_err(Into::into)
                 }
-                Role::Db => hastack_db::run(&topo, name, &state_dir, rx)
-                    .await
-                    .map_err(Into::into),
+                Role::Db => {
+                    let secrets = secrets
+                        .clone()
+                        .with_context(|| format!("no database passwords for {name}"))?;
+                    hastack_db::run(&topo, name, &state_dir, secrets, rx)
+                        .await
+                        .map_err(Into::into)
+                }
             };
             r
         };

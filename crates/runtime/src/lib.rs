@@ -3,12 +3,14 @@
 //! - the admin endpoints, `GET /healthz` and Prometheus `GET /metrics` ([`Admin`]);
 //! - the one HTTP/1 accept loop (keep-alive, header timeout, graceful drain) that the
 //!   admin, lb and web listeners use ([`serve_http1`]);
-//! - child processes that die with their parent ([`child::die_with_parent`]).
+//! - child processes that die with their parent ([`child::die_with_parent`]);
+//! - the database passwords the nodes of a stack share ([`secrets::DbSecrets`]).
 //!
 //! Nothing here knows about tiers: a node hands in a health probe and a metrics
 //! registry.
 
 pub mod child;
+pub mod secrets;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,0 +1,812 @@
+//! The db node's agent: the I/O around the pure failover core (`failover.rs`).
+//!
+//! Two loops run in every db node:
+//!
+//! - **the reconciler** observes the local `mariadbd` every tick (read-only flag,
+//!   replication threads and errors, semi-sync), feeds [`failover::Node`] with it and the
+//!   replicated [`ClusterState`], and carries out what it returns: fence and unfence,
+//!   renew the lease through the consensus, prepare to lead (apply the relay log, drop
+//!   the replica configuration, turn on the semi-sync master side), follow a primary;
+//! - **the arbiter** acts only while this node leads the consensus: it sets the first
+//!   primary, and when the primary's lease has surely expired it fences the old primary
+//!   if it can still reach its `mariadbd`, stops every replica's receiving thread, picks
+//!   the one that received the most ([`failover::choose`]) and commits its promotion.
+//!
+//! What the node shows on `/healthz` is the reconciler's last [`Snapshot`], so a health
+//! check costs no query.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use hastack_config::{Durability, Topology};
+
+use crate::failover::{
+    self, Action, Candidate, ClusterState, Command, FailoverRecord, GtidPos, Observation, Outcome,
+    Timing,
+};
+use crate::mycnf::sql_string;
+use crate::raft::{self, Raft, Shared};
+
+/// How often the reconciler and the arbiter look.
+const TICK: Duration = Duration::from_millis(50);
+/// Bound of one query the agent makes.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One db node of the topology, as the agent addresses it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// Consensus id (position in the db tier, from 1).
+    pub id: u64,
+    /// `mariadbd`'s address.
+    pub host: String,
+    /// `mariadbd`'s port.
+    pub port: u16,
+}
+
+/// What the agent needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node.
+    pub me: Peer,
+    /// Every db node, this one included, in topology order.
+    pub peers: Vec<Peer>,
+    /// The topology's initial primary.
+    pub initial_primary: String,
+    /// Lease timing.
+    pub timing: Timing,
+    /// Durability setting.
+    pub durability: Durability,
+    /// Semi-sync timeout for `semi-sync-or-async`.
+    pub semi_sync_timeout: Duration,
+    /// The replication account's password.
+    pub repl_password: String,
+    /// hastack's admin password (the same on every node).
+    pub admin_password: String,
+    /// The application's database user (whose sessions a fence ends).
+    pub app_user: String,
+}
+
+impl Settings {
+    /// The settings of db node `name` of `topo`.
+    pub fn new(
+        topo: &Topology,
+        name: &str,
+        secrets: &hastack_runtime::secrets::DbSecrets,
+    ) -> Option<Settings> {
+        let peers: Vec<Peer> = topo
+            .tier(hastack_config::Role::Db)
+            .enumerate()
+            .map(|(i, n)| Peer {
+                name: n.name.clone(),
+                id: i as u64 + 1,
+                host: n.address.to_string(),
+                port: topo.ports.db,
+            })
+            .collect();
+        let me = peers.iter().find(|p| p.name == name)?.clone();
+        Some(Settings {
+            me,
+            peers,
+            initial_primary: topo.db.primary.clone(),
+            timing: Timing::new(topo.db.failover_lease),
+            durability: topo.db.durability,
+            semi_sync_timeout: topo.db.semi_sync_timeout,
+            repl_password: secrets.repl.clone(),
+            admin_password: secrets.admin.clone(),
+            app_user: topo.db.user.clone(),
+        })
+    }
+
+    fn write_policy(&self) -> failover::WritePolicy {
+        if self.durability == Durability::SemiSyncOrRefuse && self.peers.len() > 1 {
+            failover::WritePolicy::NeedReplicaAck
+        } else {
+            failover::WritePolicy::Always
+        }
+    }
+
+    /// `rpl_semi_sync_master_timeout` in ms: with semi-sync-or-refuse a commit waits
+    /// (the agent fences the primary as soon as no replica is connected, and the app's
+    /// own query timeout answers the client); otherwise the configured fallback.
+    pub fn semi_sync_timeout_ms(&self) -> u64 {
+        match self.durability {
+            Durability::SemiSyncOrRefuse => 3_600_000,
+            Durability::SemiSyncOrAsync => self.semi_sync_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// What the node shows on `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// `mariadbd` answered the last observation.
+    pub answering: bool,
+    /// The machine's role label (`primary`, `replica`, `out: …`).
+    pub db_role: String,
+    /// The last observation.
+    pub observation: Observation,
+    /// More of it, for people.
+    pub detail: serde_json::Value,
+    /// The replicated record.
+    pub cluster: ClusterState,
+    /// The consensus leader's name, if known.
+    pub leader: Option<String>,
+    /// Milliseconds of lease left, on the primary.
+    pub lease_left_ms: Option<u64>,
+    /// Fences carried out by this node (on itself or, as arbiter, on an old primary).
+    pub fences: u64,
+    /// Failovers this node decided as arbiter.
+    pub failovers: u64,
+}
+
+/// The agent's shared view, read by `/healthz`.
+pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pool to a peer's `mariadbd` over TCP as hastack's admin account.
+fn peer_pool(p: &Peer, password: &str) -> MySqlPool {
+    let opts = MySqlConnectOptions::new()
+        .host(&p.host)
+        .port(p.port)
+        .username("hastack_admin")
+        .password(password);
+    MySqlPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy_with(opts)
+}
+
+async fn bounded<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(QUERY_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {QUERY_TIMEOUT:?}")),
+    }
+}
+
+async fn exec(pool: &MySqlPool, sql: &str) -> Result<(), String> {
+    bounded(sql, sqlx::raw_sql(sql).execute(pool))
+        .await
+        .map(|_| ())
+}
+
+/// Replication status of a server: `(Gtid_IO_Pos, replication error, io running, sql
+/// running, master host, seconds behind)`.
+struct SlaveStatus {
+    master_host: String,
+    io_running: bool,
+    sql_running: bool,
+    gtid_io_pos: String,
+    io_errno: u32,
+    io_error: String,
+    sql_errno: u32,
+    sql_error: String,
+    seconds_behind: Option<u64>,
+}
+
+impl SlaveStatus {
+    /// The error that means this server's history is not its master's.
+    fn divergence(&self) -> Option<String> {
+        if self.io_errno == 1236 {
+            Some(format!("{}: {}", self.io_errno, self.io_error))
+        } else if self.sql_errno != 0 {
+            Some(format!("{}: {}", self.sql_errno, self.sql_error))
+        } else {
+            None
+        }
+    }
+}
+
+async fn slave_status(pool: &MySqlPool) -> Result<Option<SlaveStatus>, String> {
+    let row = bounded(
+        "SHOW SLAVE STATUS",
+        sqlx::query("SHOW SLAVE STATUS").fetch_optional(pool),
+    )
+    .await?;
+    Ok(row.map(|s| {
+        let text = |col: &str| s.try_get::<String, _>(col).unwrap_or_default();
+        let num = |col: &str| s.try_get::<u32, _>(col).unwrap_or(0);
+        SlaveStatus {
+            master_host: text("Master_Host"),
+            io_running: matches!(text("Slave_IO_Running").as_str(), "Yes" | "Connecting"),
+            sql_running: text("Slave_SQL_Running") == "Yes",
+            gtid_io_pos: text("Gtid_IO_Pos"),
+            io_errno: num("Last_IO_Errno"),
+            io_error: text("Last_IO_Error"),
+            sql_errno: num("Last_SQL_Errno"),
+            sql_error: text("Last_SQL_Error"),
+            seconds_behind: s
+                .try_get::<Option<u64>, _>("Seconds_Behind_Master")
+                .ok()
+                .flatten(),
+        }
+    }))
+}
+
+async fn global_status(pool: &MySqlPool, name: &str) -> Result<String, String> {
+    let row = bounded(
+        name,
+        sqlx::query("SHOW GLOBAL STATUS WHERE Variable_name = ?")
+            .bind(name)
+            .fetch_optional(pool),
+    )
+    .await?;
+    Ok(row
+        .and_then(|r| r.try_get::<String, _>(1).ok())
+        .unwrap_or_default())
+}
+
+/// Looks at the local server.
+async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), String> {
+    let row = bounded(
+        "SELECT @@read_only",
+        sqlx::query(
+            "SELECT @@global.read_only AS ro, @@gtid_current_pos AS pos, @@gtid_binlog_pos AS bpos, @@rpl_semi_sync_master_enabled AS ssm",
+        )
+        .fetch_one(pool),
+    )
+    .await?;
+    let read_only = row.try_get::<i64, _>("ro").unwrap_or(1) != 0;
+    let pos: String = row.try_get("pos").unwrap_or_default();
+    let bpos: String = row.try_get("bpos").unwrap_or_default();
+    let master_side = row.try_get::<i64, _>("ssm").unwrap_or(0) != 0;
+    let slave = slave_status(pool).await?;
+    let (clients, semi_on) = if master_side {
+        let clients = global_status(pool, "Rpl_semi_sync_master_clients")
+            .await?
+            .parse::<u32>()
+            .unwrap_or(0);
+        let on = global_status(pool, "Rpl_semi_sync_master_status").await? == "ON";
+        (clients, on)
+    } else {
+        (0, false)
+    };
+    let mut detail = serde_json::json!({
+        "read_only": read_only,
+        "gtid_current_pos": pos,
+        "gtid_binlog_pos": bpos,
+    });
+    if master_side {
+        detail["semi_sync"] = serde_json::json!(if semi_on { "ON" } else { "OFF" });
+        detail["semi_sync_clients"] = serde_json::json!(clients);
+    }
+    detail["replication"] = match &slave {
+        Some(s) => serde_json::json!({
+            "master_host": s.master_host,
+            "io_running": if s.io_running { "Yes" } else { "No" },
+            "sql_running": if s.sql_running { "Yes" } else { "No" },
+            "seconds_behind_master": s.seconds_behind,
+            "gtid_io_pos": s.gtid_io_pos,
+            "last_error": s.divergence().unwrap_or_default(),
+        }),
+        None => serde_json::Value::Null,
+    };
+    let obs = Observation {
+        read_only,
+        master_host: slave.as_ref().map(|s| s.master_host.clone()),
+        io_running: slave.as_ref().is_some_and(|s| s.io_running),
+        sql_running: slave.as_ref().is_some_and(|s| s.sql_running),
+        replication_error: slave.as_ref().and_then(SlaveStatus::divergence),
+        semi_sync_clients: clients,
+        semi_sync_on: semi_on,
+    };
+    Ok((obs, detail))
+}
+
+/// Ends the application's sessions and makes the server read-only.
+async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
+    // End the app's sessions first: a session in the middle of a commit would make
+    // `SET GLOBAL read_only` wait for it.
+    let ids: Vec<u64> = bounded(
+        "processlist",
+        sqlx::query_scalar(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+        )
+        .bind(app_user)
+        .fetch_all(pool),
+    )
+    .await?;
+    exec(pool, "SET GLOBAL read_only = 1").await?;
+    for id in ids {
+        // A session that ended by itself meanwhile is fine.
+        let _ = exec(pool, &format!("KILL CONNECTION {id}")).await;
+    }
+    Ok(())
+}
+
+fn change_master(primary: &Peer, repl_password: &str) -> String {
+    format!(
+        "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='hastack_repl', MASTER_PASSWORD={}, \
+         MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=0.5",
+        sql_string(&primary.host),
+        primary.port,
+        sql_string(repl_password)
+    )
+}
+
+/// The agent of one db node.
+pub struct Agent {
+    settings: Settings,
+    local: MySqlPool,
+    raft: Raft,
+    cluster: watch::Receiver<ClusterState>,
+    shared: Arc<Mutex<Shared>>,
+    snapshot: SharedSnapshot,
+}
+
+impl Agent {
+    /// An agent over the local server (`local`, admin over the socket) and the consensus.
+    pub fn new(
+        settings: Settings,
+        local: MySqlPool,
+        raft: Raft,
+        cluster: watch::Receiver<ClusterState>,
+        shared: Arc<Mutex<Shared>>,
+    ) -> Agent {
+        Agent {
+            settings,
+            local,
+            raft,
+            cluster,
+            shared,
+            snapshot: Arc::new(Mutex::new(Snapshot::default())),
+        }
+    }
+
+    /// The view `/healthz` reads.
+    pub fn snapshot(&self) -> SharedSnapshot {
+        self.snapshot.clone()
+    }
+
+    fn peer(&self, name: &str) -> Option<&Peer> {
+        self.settings.peers.iter().find(|p| p.name == name)
+    }
+
+    fn leader_name(&self) -> Option<String> {
+        let id = self.raft.metrics().borrow().current_leader?;
+        self.settings
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.name.clone())
+    }
+
+    /// Runs both loops until `shutdown`; on the way out a primary fences itself.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let arbiter = tokio::spawn(this.clone().arbiter(shutdown.clone()));
+        this.clone().reconciler(&mut shutdown).await;
+        arbiter.abort();
+        let is_primary = this.cluster.borrow().primary.as_deref() == Some(&this.settings.me.name);
+        if is_primary {
+            match fence(&this.local, &this.settings.app_user).await {
+                Ok(()) => info!("stopping: fenced (read_only = 1) before leaving"),
+                Err(e) => warn!(error = %e, "stopping: could not fence"),
+            }
+        }
+    }
+
+    async fn reconciler(self: Arc<Self>, shutdown: &mut watch::Receiver<bool>) {
+        let mut machine = failover::Node::new(
+            &self.settings.me.name,
+            self.settings.timing,
+            self.settings.write_policy(),
+        );
+        // Renewal answers: (sent at, granted? or None when undecided).
+        let (renew_tx, mut renew_rx) = mpsc::unbounded_channel::<(Instant, Option<bool>)>();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cluster = self.cluster.clone();
+        let mut last_role = String::new();
+        let mut last_semi = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {}
+                _ = cluster.changed() => {}
+                Some((sent, answer)) = renew_rx.recv() => {
+                    match answer {
+                        Some(granted) => machine.renewed(sent, granted),
+                        None => machine.renew_failed(sent),
+                    }
+                }
+            }
+            while let Ok((sent, answer)) = renew_rx.try_recv() {
+                match answer {
+                    Some(granted) => machine.renewed(sent, granted),
+                    None => machine.renew_failed(sent),
+                }
+            }
+            let state = cluster.borrow_and_update().clone();
+            let observed = observe(&self.local).await;
+            let now = Instant::now();
+            let (obs, detail) = match &observed {
+                Ok((o, d)) => (Some(o), d.clone()),
+                Err(e) => (None, serde_json::json!({ "error": e })),
+            };
+            let actions = machine.tick(now, &state, obs);
+            for action in actions {
+                self.carry_out(action, now, &mut machine, &renew_tx, &state)
+                    .await;
+            }
+            let role = machine.role().label();
+            if role != last_role {
+                info!(db_role = %role, epoch = state.epoch, primary = state.primary.as_deref().unwrap_or("none"), "role");
+                last_role = role.clone();
+            }
+            if let Some(o) = obs
+                && role == "primary"
+            {
+                let semi = (o.semi_sync_on, o.semi_sync_clients);
+                if last_semi != Some(semi) {
+                    if !o.semi_sync_on || o.semi_sync_clients == 0 {
+                        warn!(
+                            semi_sync = o.semi_sync_on,
+                            clients = o.semi_sync_clients,
+                            durability = self.settings.durability.as_str(),
+                            "no replica acknowledges commits: {}",
+                            match self.settings.durability {
+                                Durability::SemiSyncOrRefuse => "writes are refused until one does",
+                                Durability::SemiSyncOrAsync =>
+                                    "writes are ASYNCHRONOUS and may be lost in a failover",
+                            }
+                        );
+                    } else if last_semi.is_some() {
+                        info!(
+                            clients = o.semi_sync_clients,
+                            "semi-synchronous again: replicas acknowledge commits"
+                        );
+                    }
+                    last_semi = Some(semi);
+                }
+            } else {
+                last_semi = None;
+            }
+            let lease_left = machine
+                .lease()
+                .until()
+                .map(|u| u.saturating_duration_since(now).as_millis() as u64);
+            let leader = self.leader_name();
+            let mut snap = lock(&self.snapshot);
+            snap.answering = obs.is_some();
+            snap.db_role = role;
+            snap.observation = obs.cloned().unwrap_or_default();
+            snap.detail = detail;
+            snap.cluster = state;
+            snap.leader = leader;
+            snap.lease_left_ms = lease_left;
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        action: Action,
+        now: Instant,
+        machine: &mut failover::Node,
+        renew_tx: &mpsc::UnboundedSender<(Instant, Option<bool>)>,
+        state: &ClusterState,
+    ) {
+        let s = &self.settings;
+        match action {
+            Action::Fence(why) => match fence(&self.local, &s.app_user).await {
+                Ok(()) => {
+                    lock(&self.snapshot).fences += 1;
+                    warn!(why, "fenced: read_only = 1");
+                }
+                Err(e) => error!(why, error = %e, "could not fence"),
+            },
+            Action::Unfence => match exec(&self.local, "SET GLOBAL read_only = 0").await {
+                Ok(()) => info!(epoch = state.epoch, "accepting writes: read_only = 0"),
+                Err(e) => warn!(error = %e, "could not unfence"),
+            },
+            Action::Renew { epoch } => {
+                // The machine counts the lease from the tick that decided to renew.
+                let sent = now;
+                let raft = self.raft.clone();
+                let tx = renew_tx.clone();
+                let node = s.me.name.clone();
+                let within = s.timing.lease / 2;
+                tokio::spawn(async move {
+                    let r = raft::propose(&raft, Command::Renew { node, epoch }, within).await;
+                    let answer = match r {
+                        Ok(Outcome::Granted) => Some(true),
+                        Ok(Outcome::Refused(why)) => {
+                            warn!(why, "lease renewal refused");
+                            Some(false)
+                        }
+                        // No leader yet (an election, or this node just started).
+                        Err(e @ raft::ProposeError::NoLeader(_)) => {
+                            tracing::debug!(error = %e, "lease renewal undecided");
+                            None
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "lease renewal undecided");
+                            None
+                        }
+                    };
+                    let _ = tx.send((sent, answer));
+                });
+            }
+            Action::PrepareToLead { epoch } => match self.prepare_to_lead().await {
+                Ok(true) => {
+                    info!(
+                        epoch,
+                        "promoted: relay log applied, replica configuration dropped"
+                    );
+                    machine.prepared(epoch);
+                }
+                Ok(false) => info!(epoch, "promoted: still applying the relay log"),
+                Err(e) => warn!(epoch, error = %e, "promotion step failed; retrying"),
+            },
+            Action::Follow { primary, epoch } => {
+                let Some(p) = self.peer(&primary).cloned() else {
+                    error!(primary, "the record names a primary that is not a db node");
+                    return;
+                };
+                match self.follow(&p).await {
+                    Ok(()) => {
+                        info!(primary, epoch, "replicating from the primary");
+                        machine.followed(&primary, epoch);
+                    }
+                    Err(e) => warn!(primary, error = %e, "could not start replicating; retrying"),
+                }
+            }
+            Action::StopReplication => {
+                if let Err(e) = exec(&self.local, "STOP SLAVE").await {
+                    warn!(error = %e, "STOP SLAVE");
+                }
+                error!("out of the replication set: {}", machine.role().label());
+            }
+        }
+    }
+
+    /// Applies what was received, then drops the replica side and turns on the
+    /// semi-sync master side. `Ok(false)`: not everything is applied yet.
+    async fn prepare_to_lead(&self) -> Result<bool, String> {
+        let pool = &self.local;
+        if let Some(st) = slave_status(pool).await? {
+            exec(pool, "STOP SLAVE IO_THREAD").await?;
+            if !st.gtid_io_pos.is_empty() {
+                if !st.sql_running && st.sql_errno == 0 {
+                    exec(pool, "START SLAVE SQL_THREAD").await?;
+                }
+                let waited: i64 = bounded(
+                    "MASTER_GTID_WAIT",
+                    sqlx::query_scalar("SELECT MASTER_GTID_WAIT(?, 1)")
+                        .bind(&st.gtid_io_pos)
+                        .fetch_one(pool),
+                )
+                .await?;
+                if waited != 0 {
+                    return Ok(false);
+                }
+            }
+            exec(pool, "STOP SLAVE").await?;
+            exec(pool, "RESET SLAVE ALL").await?;
+        }
+        exec(
+            pool,
+            &format!(
+                "SET GLOBAL rpl_semi_sync_master_timeout = {}",
+                self.settings.semi_sync_timeout_ms()
+            ),
+        )
+        .await?;
+        exec(pool, "SET GLOBAL rpl_semi_sync_master_enabled = ON").await?;
+        Ok(true)
+    }
+
+    async fn follow(&self, primary: &Peer) -> Result<(), String> {
+        let pool = &self.local;
+        exec(pool, "STOP SLAVE").await?;
+        exec(pool, "SET GLOBAL rpl_semi_sync_master_enabled = OFF").await?;
+        exec(pool, "SET GLOBAL rpl_semi_sync_slave_enabled = ON").await?;
+        exec(pool, &change_master(primary, &self.settings.repl_password)).await?;
+        exec(pool, "START SLAVE").await
+    }
+
+    /// The arbiter: acts while this node leads the consensus.
+    async fn arbiter(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let pools: Vec<(Peer, MySqlPool)> = self
+            .settings
+            .peers
+            .iter()
+            .map(|p| {
+                let pool = if p.name == self.settings.me.name {
+                    self.local.clone()
+                } else {
+                    peer_pool(p, &self.settings.admin_password)
+                };
+                (p.clone(), pool)
+            })
+            .collect();
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff_until = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {}
+            }
+            if Instant::now() < backoff_until
+                || self.raft.metrics().borrow().current_leader != Some(self.settings.me.id)
+            {
+                continue;
+            }
+            let state = self.cluster.borrow().clone();
+            let Some(old) = state.primary.clone() else {
+                let primary = self.settings.initial_primary.clone();
+                match raft::propose(
+                    &self.raft,
+                    Command::Bootstrap {
+                        primary: primary.clone(),
+                    },
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(Outcome::Granted) => {
+                        info!(primary, "first primary set (topology's db.primary)")
+                    }
+                    Ok(Outcome::Refused(_)) => {}
+                    Err(e) => warn!(error = %e, "could not set the first primary"),
+                }
+                continue;
+            };
+            let last_grant = lock(&self.shared).last_grant_applied;
+            if !self.settings.timing.expired(last_grant, Instant::now()) {
+                continue;
+            }
+            // Make sure this leader has applied everything committed before deciding.
+            match tokio::time::timeout(Duration::from_secs(1), self.raft.ensure_linearizable())
+                .await
+            {
+                Ok(Ok(_)) => {}
+                _ => continue,
+            }
+            let last_grant = lock(&self.shared).last_grant_applied;
+            let state = self.cluster.borrow().clone();
+            if !self.settings.timing.expired(last_grant, Instant::now())
+                || state.primary.as_deref() != Some(old.as_str())
+            {
+                continue;
+            }
+            let silent = last_grant.elapsed();
+            warn!(
+                primary = old,
+                silent_ms = silent.as_millis() as u64,
+                "the primary's lease expired: failing over"
+            );
+            match self.fail_over(&state, &old, silent, &pools).await {
+                Ok(to) => {
+                    lock(&self.snapshot).failovers += 1;
+                    info!(from = old, to, "failover decided");
+                }
+                Err(e) => {
+                    warn!(error = %e, "failover not possible now; retrying");
+                    backoff_until = Instant::now() + Duration::from_millis(500);
+                }
+            }
+        }
+    }
+
+    async fn fail_over(
+        &self,
+        state: &ClusterState,
+        old: &str,
+        silent: Duration,
+        pools: &[(Peer, MySqlPool)],
+    ) -> Result<String, String> {
+        // 1. Fence the old primary if its server still answers (its agent may be hung
+        //    while mariadbd serves on); otherwise the expired lease has fenced it.
+        let fencing = match pools.iter().find(|(p, _)| p.name == old) {
+            Some((_, pool)) => {
+                match tokio::time::timeout(
+                    Duration::from_millis(500),
+                    fence(pool, &self.settings.app_user),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {
+                        lock(&self.snapshot).fences += 1;
+                        "fenced remotely (read_only = 1, sessions ended)".to_string()
+                    }
+                    Ok(Err(e)) => format!("lease expired; old primary unreachable ({e})"),
+                    Err(_) => "lease expired; old primary did not answer".to_string(),
+                }
+            }
+            None => "lease expired".to_string(),
+        };
+        // 2. Freeze what every replica has received, and read it.
+        let mut candidates = Vec::new();
+        for (p, pool) in pools.iter().filter(|(p, _)| p.name != old) {
+            let seen = async {
+                let _ = exec(pool, "STOP SLAVE IO_THREAD").await;
+                let st = slave_status(pool).await?;
+                let cur: String = bounded(
+                    "gtid_current_pos",
+                    sqlx::query_scalar("SELECT @@gtid_current_pos").fetch_one(pool),
+                )
+                .await?;
+                Ok::<_, String>((st, cur))
+            };
+            candidates.push(match seen.await {
+                Ok((st, cur)) => {
+                    let io = st
+                        .as_ref()
+                        .and_then(|s| GtidPos::parse(&s.gtid_io_pos))
+                        .unwrap_or_default();
+                    let cur = GtidPos::parse(&cur).unwrap_or_default();
+                    Candidate {
+                        name: p.name.clone(),
+                        reachable: true,
+                        received: io.max(&cur),
+                        excluded: match &st {
+                            None => Some("is not a replica".into()),
+                            Some(s) => s
+                                .divergence()
+                                .map(|d| format!("has a replication error ({d})")),
+                        },
+                    }
+                }
+                Err(e) => {
+                    info!(node = p.name, error = %e, "not a candidate");
+                    Candidate {
+                        name: p.name.clone(),
+                        reachable: false,
+                        received: GtidPos::default(),
+                        excluded: None,
+                    }
+                }
+            });
+        }
+        let chosen = match failover::choose(&candidates, old) {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                // Let replication go on: the old primary may come back.
+                for (p, pool) in pools.iter().filter(|(p, _)| p.name != old) {
+                    let _ = exec(pool, "START SLAVE IO_THREAD").await;
+                    let _ = p;
+                }
+                return Err(e.to_string());
+            }
+        };
+        // 3. Commit the promotion (a compare-and-set on the epoch).
+        let record = FailoverRecord {
+            from: old.to_string(),
+            to: chosen.name.clone(),
+            epoch: state.epoch + 1,
+            at_unix_ms: chrono::Utc::now().timestamp_millis(),
+            detected_after_ms: silent.as_millis() as u64,
+            fencing,
+            gtid: chosen.received.to_string(),
+        };
+        match raft::propose(
+            &self.raft,
+            Command::Promote {
+                expected_epoch: state.epoch,
+                record,
+            },
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(Outcome::Granted) => Ok(chosen.name),
+            Ok(Outcome::Refused(why)) => Err(why),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
