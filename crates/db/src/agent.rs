@@ -310,7 +310,7 @@ async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), S
 async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
     // End the app's sessions first: a session in the middle of a commit would make
     // `SET GLOBAL read_only` wait for it.
-    let ids: Vec<u64> = bounded(
+    let ids: Vec<i64> = bounded(
         "processlist",
         sqlx::query_scalar(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
@@ -711,24 +711,25 @@ impl Agent {
         pools: &[(Peer, MySqlPool)],
     ) -> Result<String, String> {
         // 1. Fence the old primary if its server still answers (its agent may be hung
-        //    while mariadbd serves on); otherwise the expired lease has fenced it.
+        //    while mariadbd serves on). Only a server that cannot be reached at all is
+        //    left to its expired lease; one that answers but could not be fenced is not
+        //    passed over: the failover waits and tries again.
         let fencing = match pools.iter().find(|(p, _)| p.name == old) {
+            None => "lease expired".to_string(),
             Some((_, pool)) => {
-                match tokio::time::timeout(
-                    Duration::from_millis(500),
-                    fence(pool, &self.settings.app_user),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {
+                match tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await {
+                    Err(_) => "lease expired; old primary's server did not answer".to_string(),
+                    Ok(Err(e)) => format!("lease expired; old primary unreachable ({e})"),
+                    Ok(Ok(conn)) => {
+                        drop(conn);
+                        fence(pool, &self.settings.app_user).await.map_err(|e| {
+                            format!("the old primary answers but could not be fenced: {e}")
+                        })?;
                         lock(&self.snapshot).fences += 1;
                         "fenced remotely (read_only = 1, sessions ended)".to_string()
                     }
-                    Ok(Err(e)) => format!("lease expired; old primary unreachable ({e})"),
-                    Err(_) => "lease expired; old primary did not answer".to_string(),
                 }
             }
-            None => "lease expired".to_string(),
         };
         // 2. Freeze what every replica has received, and read it.
         let mut candidates = Vec::new();

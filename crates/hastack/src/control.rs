@@ -154,16 +154,45 @@ fn detail(n: &NodeStatus) -> String {
         "lb" => format!("vrrp {}", field("vrrp")),
         "db" => {
             let role = field("db_role");
-            match h
+            let mut d = match h
                 .get("replication")
                 .and_then(|r| r.get("sql_running"))
                 .and_then(|v| v.as_str())
             {
-                Some(sql) => format!("{role}, replicating: {sql}"),
-                None => role.to_string(),
+                Some(sql) if role == "replica" => format!("{role}, replicating: {sql}"),
+                _ => role.to_string(),
+            };
+            if role == "primary" {
+                let semi = h.get("semi_sync").and_then(|v| v.as_str()).unwrap_or("OFF");
+                let clients = h
+                    .get("semi_sync_clients")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                d.push_str(&format!(", semi-sync {semi} ({clients} acking)"));
             }
+            if let Some(lag) = h
+                .get("replication")
+                .and_then(|r| r.get("seconds_behind_master"))
+                .and_then(|v| v.as_u64())
+                .filter(|l| *l > 0)
+            {
+                d.push_str(&format!(", {lag} s behind"));
+            }
+            let pos = field("gtid_current_pos");
+            if !pos.is_empty() {
+                d.push_str(&format!(", gtid {pos}"));
+            }
+            d
         }
-        "app" => format!("db {}", field("db")),
+        "app" => {
+            let can = |k: &str| h.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            format!(
+                "db {}, reads {}, writes {}",
+                field("db"),
+                if can("can_read") { "ok" } else { "NO" },
+                if can("can_write") { "ok" } else { "NO" }
+            )
+        }
         _ => String::new(),
     }
 }
@@ -200,5 +229,46 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
         "\nsite: {} → {}   database: {}\n",
         r.site, r.url, r.db_engine
     ));
+    if let Some(f) = last_failover(r) {
+        let field = |k: &str| {
+            f.get(k)
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let when = f
+            .get("at_unix_ms")
+            .and_then(|v| v.as_i64())
+            .and_then(chrono_like)
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "last failover: {} → {} at {when} (epoch {}; lease expiry seen after {} ms; {})\n",
+            field("from"),
+            field("to"),
+            field("epoch"),
+            field("detected_after_ms"),
+            field("fencing"),
+        ));
+    }
     out
+}
+
+/// The most recent failover any db node reports.
+fn last_failover(r: &StatusReport) -> Option<serde_json::Value> {
+    r.nodes
+        .iter()
+        .filter_map(|n| {
+            n.health
+                .as_ref()?
+                .get("cluster")?
+                .get("last_failover")
+                .cloned()
+        })
+        .filter(|f| !f.is_null())
+        .max_by_key(|f| f.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0))
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` of Unix milliseconds.
+fn chrono_like(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }

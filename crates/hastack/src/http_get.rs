@@ -1,18 +1,28 @@
-//! A one-shot HTTP GET with a deadline, for the supervisor's readiness and status probes.
+//! One-shot HTTP requests with a deadline: the supervisor's readiness and status probes,
+//! and the drills' traffic through the VIP.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// GETs `path` from `addr`; returns the status and body, or why not.
-pub(crate) async fn get(
+/// An answer: status, headers and body.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+/// Sends one request (`Connection: close`) to `addr`; the answer, or why not.
+pub(crate) async fn request(
     addr: SocketAddr,
+    method: &str,
     path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
     timeout: Duration,
-) -> Result<(u16, String), String> {
+) -> Result<Answer, String> {
     let fut = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -21,9 +31,15 @@ pub(crate) async fn get(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
@@ -33,10 +49,24 @@ pub(crate) async fn get(
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
+}
+
+/// GETs `path` from `addr`; returns the status and body, or why not.
+pub(crate) async fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    request(addr, "GET", path, &[], "", timeout)
+        .await
+        .map(|a| (a.status, a.body))
 }

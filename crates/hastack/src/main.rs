@@ -3,9 +3,11 @@
 //! - `up` runs the whole topology on this machine ([`supervisor`]);
 //! - `node NAME` runs one node (what `up` spawns and what systemd would run) ([`node`]);
 //! - `status`, `stop`, `start`, `kill`, `down` talk to a running `up` ([`control`]);
+//! - `drill db-failover` injects a failure under traffic and reports ([`drill`]);
 //! - `check` validates a topology file, `config` prints the built-in one.
 
 mod control;
+mod drill;
 mod http_get;
 mod node;
 mod supervisor;
@@ -101,6 +103,27 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Inject a failure into the running stack under traffic and report what users saw.
+    Drill {
+        #[command(subcommand)]
+        drill: Drill,
+    },
+}
+
+#[derive(Subcommand)]
+enum Drill {
+    /// SIGKILL the database primary under writes and reads; start it again; report write
+    /// and read gaps, acknowledged writes lost, duplicates, and the old primary's rejoin.
+    DbFailover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stop the replicas' replication stream for a second before the kill.
+        #[arg(long)]
+        cut_replication: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Loads the topology named by `--config`, or the built-in one.
@@ -145,6 +168,14 @@ fn main() -> ExitCode {
         Cmd::Start { node, config } => control::simple(&config, "start", &node),
         Cmd::Kill { node, config } => control::simple(&config, "kill", &node),
         Cmd::Down { config } => control::simple(&config, "down", ""),
+        Cmd::Drill {
+            drill:
+                Drill::DbFailover {
+                    config,
+                    cut_replication,
+                    json,
+                },
+        } => load(&config).and_then(|t| drill::db_failover(&t, cut_replication, json)),
     };
     match result {
         Ok(code) => code,

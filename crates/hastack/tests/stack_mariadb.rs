@@ -74,17 +74,35 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
         serde_json::from_str::<serde_json::Value>(&one.body).expect("json"),
         post
     );
-    eventually(
-        "the post in the list (read from a replica)",
-        Duration::from_secs(5),
-        || {
-            let list = stack.get("/api/posts").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&list.body).ok()?;
-            (v.as_array()?.first()? == &post).then_some(())
-        },
-    );
-    let page = stack.get("/").expect("page");
-    assert!(page.body.contains("hello from the primary"));
+    // Reads go to either replica: wait until every replica has the post, then every
+    // read must show it.
+    let primary_pos = stack.health("db1").expect("db1")["gtid_current_pos"].clone();
+    for replica in ["db2", "db3"] {
+        eventually(
+            &format!("{replica} to apply the post"),
+            Duration::from_secs(10),
+            || {
+                let h = stack.health(replica)?;
+                (h["gtid_current_pos"] == primary_pos).then_some(())
+            },
+        );
+    }
+    for _ in 0..4 {
+        let list = stack.get("/api/posts").expect("list");
+        let v: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+        assert_eq!(
+            v.as_array().and_then(|a| a.first()),
+            Some(&post),
+            "{}",
+            list.body
+        );
+        let page = stack.get("/").expect("page");
+        assert!(
+            page.body.contains("hello from the primary"),
+            "{}",
+            page.body
+        );
+    }
 
     // Bad input gets a 400 with a JSON error; a missing post a 404.
     for body in [

@@ -466,3 +466,89 @@ pub fn alive(pid: u32) -> bool {
 pub fn listening(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
 }
+
+/// Runs `sql` on a db node's `mariadbd` as root over its unix socket (the tests run as
+/// root, as CI does); the tab-separated output, or the client's error.
+pub fn sql(stack: &Stack, node: &str, sql: &str) -> Result<String, String> {
+    let sock = stack.state_dir().join(format!("db/{node}/run/mysqld.sock"));
+    let out = Command::new("mariadb")
+        .arg("-S")
+        .arg(&sock)
+        .args(["-u", "root", "-N", "-B", "--connect-timeout=2", "-e", sql])
+        .output()
+        .map_err(|e| format!("running the mariadb client (apt-get install mariadb-client): {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// The db node whose health says it is the writable primary.
+pub fn primary(stack: &Stack) -> Option<String> {
+    ["db1", "db2", "db3"]
+        .into_iter()
+        .find(|n| stack.health(n).is_some_and(|h| h["db_role"] == "primary"))
+        .map(str::to_string)
+}
+
+/// Samples `@@read_only` of every db node until stopped; returns the most servers seen
+/// writable at once and the samples taken.
+pub struct WritableWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(usize, usize)>>,
+}
+
+impl WritableWatch {
+    pub fn start(stack: &Stack) -> WritableWatch {
+        let socks: Vec<PathBuf> = ["db1", "db2", "db3"]
+            .iter()
+            .map(|n| stack.state_dir().join(format!("db/{n}/run/mysqld.sock")))
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut max, mut samples) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                let writable = socks
+                    .iter()
+                    .filter(|s| {
+                        Command::new("mariadb")
+                            .arg("-S")
+                            .arg(s)
+                            .args([
+                                "-u",
+                                "root",
+                                "-N",
+                                "-B",
+                                "--connect-timeout=1",
+                                "-e",
+                                "SELECT @@global.read_only",
+                            ])
+                            .output()
+                            .is_ok_and(|o| {
+                                o.status.success()
+                                    && String::from_utf8_lossy(&o.stdout).trim() == "0"
+                            })
+                    })
+                    .count();
+                max = max.max(writable);
+                samples += 1;
+            }
+            (max, samples)
+        });
+        WritableWatch {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling: (most writable at once, samples).
+    pub fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .map(|h| h.join().expect("watch thread"))
+            .unwrap_or((0, 0))
+    }
+}

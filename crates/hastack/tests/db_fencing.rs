@@ -1,0 +1,97 @@
+//! A primary whose agent hangs (SIGSTOP, as a partitioned node would look) is fenced
+//! before a replica is promoted; a returned old primary whose history diverged stays out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Options, Stack, WritableWatch, eventually, sql};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+#[test]
+fn a_hung_primary_is_fenced_before_promotion_and_a_diverged_one_stays_out() {
+    let stack = Stack::up(Options { sqlite: false });
+    eventually("db1 to be the primary", Duration::from_secs(20), || {
+        (common::primary(&stack).as_deref() == Some("db1")).then_some(())
+    });
+    assert_eq!(
+        sql(&stack, "db1", "SELECT @@global.read_only").as_deref(),
+        Ok("0")
+    );
+    let pid = stack
+        .pids()
+        .into_iter()
+        .find(|(n, _)| n == "db1")
+        .map(|(_, p)| p)
+        .expect("db1 pid");
+
+    let watch = WritableWatch::start(&stack);
+    // The agent stops; its mariadbd serves on, writable, unless someone fences it.
+    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP");
+    let new = eventually("a replica to be promoted", Duration::from_secs(20), || {
+        ["db2", "db3"]
+            .into_iter()
+            .find(|n| stack.health(n).is_some_and(|h| h["db_role"] == "primary"))
+    });
+    assert_eq!(
+        sql(&stack, "db1", "SELECT @@global.read_only").as_deref(),
+        Ok("1"),
+        "the hung primary's server was fenced"
+    );
+    let last = stack.health(new).expect("health")["cluster"]["last_failover"].clone();
+    assert!(
+        last["fencing"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("fenced remotely")),
+        "{last}"
+    );
+    // A write goes to the new primary.
+    let r = common::http(
+        stack.vip(),
+        "POST",
+        "/api/posts",
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", "fence-1"),
+        ],
+        r#"{"author":"t","body":"after the fence"}"#,
+    )
+    .expect("post");
+    assert_eq!(r.status, 201, "{}", r.body);
+    kill(Pid::from_raw(pid as i32), Signal::SIGCONT).expect("SIGCONT");
+    eventually(
+        "db1 to follow the new primary",
+        Duration::from_secs(20),
+        || {
+            stack
+                .health("db1")
+                .filter(|h| h["db_role"] == "replica")
+                .map(|_| ())
+        },
+    );
+    let (max, samples) = watch.finish();
+    assert!(samples > 10, "only {samples} samples of read_only");
+    assert_eq!(max, 1, "two servers were writable at once");
+
+    // db1 gets a transaction of its own that the primary never had: its history
+    // diverges. Back from a restart it must stay out and say why.
+    sql(
+        &stack,
+        "db1",
+        "STOP SLAVE; INSERT INTO foobar.posts (author, body, created_at) VALUES ('x', 'errant', NOW(3))",
+    )
+    .expect("errant write");
+    stack.ctl_ok(&["stop", "db1"]);
+    stack.ctl_ok(&["start", "db1"]);
+    let role = eventually("db1 to be out", Duration::from_secs(20), || {
+        let h = stack.health("db1")?;
+        let role = h["db_role"].as_str()?.to_string();
+        role.starts_with("out:").then_some(role)
+    });
+    assert!(role.contains("diverged from"), "{role}");
+    assert!(role.contains("hastack db rebuild db1"), "{role}");
+    assert_eq!(stack.health("db1").expect("health")["read_only"], true);
+    let table = stack.ctl_ok(&["status"]);
+    assert!(table.contains("out: its history diverged"), "{table}");
+}
