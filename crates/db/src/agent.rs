@@ -153,13 +153,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A pool to a peer's `mariadbd` over TCP as hastack's admin account.
-fn peer_pool(p: &Peer, password: &str) -> MySqlPool {
-    let opts = MySqlConnectOptions::new()
+/// How to reach a peer's `mariadbd` over TCP as hastack's admin account.
+fn admin_options(p: &Peer, password: &str) -> MySqlConnectOptions {
+    MySqlConnectOptions::new()
         .host(&p.host)
         .port(p.port)
         .username("hastack_admin")
-        .password(password);
+        .password(password)
+}
+
+/// A pool to a peer's `mariadbd` over TCP as hastack's admin account.
+fn peer_pool(p: &Peer, password: &str) -> MySqlPool {
+    let opts = admin_options(p, password);
     MySqlPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(500))
@@ -716,12 +721,17 @@ impl Agent {
         //    passed over: the failover waits and tries again.
         let fencing = match pools.iter().find(|(p, _)| p.name == old) {
             None => "lease expired".to_string(),
-            Some((_, pool)) => {
-                match tokio::time::timeout(Duration::from_millis(500), pool.acquire()).await {
+            Some((p, pool)) => {
+                // One connection attempt: a refused connection answers at once, where
+                // the pool would retry until its timeout.
+                use sqlx::Connection;
+                let opts = admin_options(p, &self.settings.admin_password);
+                let attempt = sqlx::MySqlConnection::connect_with(&opts);
+                match tokio::time::timeout(Duration::from_millis(500), attempt).await {
                     Err(_) => "lease expired; old primary's server did not answer".to_string(),
                     Ok(Err(e)) => format!("lease expired; old primary unreachable ({e})"),
                     Ok(Ok(conn)) => {
-                        drop(conn);
+                        let _ = conn.close().await;
                         fence(pool, &self.settings.app_user).await.map_err(|e| {
                             format!("the old primary answers but could not be fenced: {e}")
                         })?;
