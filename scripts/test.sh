@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)            # tests read servers directly
+command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-backup)     # hastack db rebuild
 [ -x /usr/bin/chromium ] || need+=(chromium)   # the browser test drives a real Chromium
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then

@@ -34,6 +34,9 @@ use crate::raft::{self, Raft, Shared};
 
 /// How often the reconciler and the arbiter look.
 const TICK: Duration = Duration::from_millis(50);
+/// How long the first leader waits for the topology's primary to join before it starts
+/// with another node as primary.
+const BOOTSTRAP_GRACE: Duration = Duration::from_secs(30);
 /// Bound of one query the agent makes.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -641,6 +644,7 @@ impl Agent {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff_until = Instant::now();
+        let leading_since = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -653,7 +657,32 @@ impl Agent {
             }
             let state = self.cluster.borrow().clone();
             let Some(old) = state.primary.clone() else {
-                let primary = self.settings.initial_primary.clone();
+                // The topology's primary, once it has joined (its server is up: a db
+                // node joins the consensus only then); if it never does, this node.
+                let initial = self.settings.initial_primary.clone();
+                let joined = self.peer(&initial).is_some_and(|p| {
+                    p.id == self.settings.me.id
+                        || self
+                            .raft
+                            .metrics()
+                            .borrow()
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(&p.id).cloned())
+                            .flatten()
+                            .is_some()
+                });
+                let primary = if joined {
+                    initial
+                } else if leading_since.elapsed() > BOOTSTRAP_GRACE {
+                    warn!(
+                        initial,
+                        "the topology's primary has not joined within {BOOTSTRAP_GRACE:?}: starting with this node as primary"
+                    );
+                    self.settings.me.name.clone()
+                } else {
+                    continue;
+                };
                 match raft::propose(
                     &self.raft,
                     Command::Bootstrap {

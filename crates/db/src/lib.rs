@@ -13,6 +13,7 @@ pub mod agent;
 pub mod failover;
 pub mod mycnf;
 pub mod raft;
+pub mod rebuild;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,9 +87,12 @@ pub enum DbError {
     /// The consensus could not start.
     #[error("consensus: {0}")]
     Consensus(String),
+    /// A re-seed failed.
+    #[error("rebuild: {0}")]
+    Rebuild(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
     move |source| DbError::Io {
         path: path.to_path_buf(),
         source,
@@ -108,7 +112,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), DbError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), DbError> {
     hastack_runtime::secrets::write_private(path, text).map_err(io_err(path))
 }
 
@@ -204,6 +208,27 @@ pub async fn run(
             return Err(e);
         }
     };
+
+    // A datadir re-seeded by `hastack db rebuild` starts from the copy's position.
+    let gtid_file = rebuild::gtid_file(&layout);
+    if let Ok(gtid) = std::fs::read_to_string(&gtid_file) {
+        let set = format!(
+            "STOP SLAVE; RESET SLAVE ALL; SET GLOBAL gtid_slave_pos = {}",
+            mycnf::sql_string(gtid.trim())
+        );
+        if let Err(e) = sqlx::raw_sql(&set).execute(&pool).await {
+            stop(&mut child).await;
+            return Err(DbError::Sql {
+                what: "setting the re-seeded GTID position",
+                source: e,
+            });
+        }
+        info!(
+            gtid = gtid.trim(),
+            "re-seeded datadir: replication starts from its copy's position"
+        );
+        let _ = std::fs::remove_file(&gtid_file);
+    }
 
     let members = settings
         .peers

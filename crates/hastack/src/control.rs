@@ -18,9 +18,12 @@ use crate::ConfigArg;
 pub(crate) struct Request {
     /// `status`, `stop`, `start`, `kill` or `down`.
     pub(crate) cmd: String,
-    /// The node, for `stop`, `start` and `kill`.
+    /// The node, for `stop`, `start`, `kill` and `rebuild`.
     #[serde(default)]
     pub(crate) node: String,
+    /// For `rebuild`: the db node to copy from (default: a healthy replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<String>,
 }
 
 /// The supervisor's answer.
@@ -114,6 +117,32 @@ pub(crate) fn simple(config: &ConfigArg, cmd: &str, node: &str) -> anyhow::Resul
         &Request {
             cmd: cmd.into(),
             node: node.into(),
+            source: None,
+        },
+    )?;
+    if resp.ok {
+        println!("{}", resp.message.unwrap_or_else(|| "ok".into()));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()))
+    }
+}
+
+/// `db rebuild NODE [--from SOURCE]`.
+pub(crate) fn rebuild(
+    config: &ConfigArg,
+    node: &str,
+    source: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "hastack: re-seeding {node} (it is stopped, copied from a running node with mariadb-backup, and started again)…"
+    );
+    let resp = send(
+        &target(config)?,
+        &Request {
+            cmd: "rebuild".into(),
+            node: node.into(),
+            source,
         },
     )?;
     if resp.ok {
@@ -131,6 +160,7 @@ pub(crate) fn status(config: &ConfigArg, json: bool) -> anyhow::Result<ExitCode>
         &Request {
             cmd: "status".into(),
             node: String::new(),
+            source: None,
         },
     )?;
     let Some(report) = resp.status else {

@@ -84,6 +84,7 @@ async fn control(
     let req = Request {
         cmd: cmd.into(),
         node: node.into(),
+        source: None,
     };
     tokio::task::spawn_blocking(move || control::send(&state_dir, &req))
         .await

@@ -2,7 +2,8 @@
 //!
 //! - `up` runs the whole topology on this machine ([`supervisor`]);
 //! - `node NAME` runs one node (what `up` spawns and what systemd would run) ([`node`]);
-//! - `status`, `stop`, `start`, `kill`, `down` talk to a running `up` ([`control`]);
+//! - `status`, `stop`, `start`, `kill`, `down`, `db rebuild` talk to a running `up`
+//!   ([`control`]);
 //! - `drill db-failover` injects a failure under traffic and reports ([`drill`]);
 //! - `check` validates a topology file, `config` prints the built-in one.
 
@@ -103,10 +104,30 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Database tier operations.
+    Db {
+        #[command(subcommand)]
+        op: DbOp,
+    },
     /// Inject a failure into the running stack under traffic and report what users saw.
     Drill {
         #[command(subcommand)]
         drill: Drill,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbOp {
+    /// Re-seed a db node whose history diverged: stop it, copy a running node's data
+    /// with mariadb-backup (the old datadir is kept), start it as a replica.
+    Rebuild {
+        /// The db node to re-seed.
+        node: String,
+        /// The node to copy from (default: a healthy replica, else the primary).
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -168,6 +189,9 @@ fn main() -> ExitCode {
         Cmd::Start { node, config } => control::simple(&config, "start", &node),
         Cmd::Kill { node, config } => control::simple(&config, "kill", &node),
         Cmd::Down { config } => control::simple(&config, "down", ""),
+        Cmd::Db {
+            op: DbOp::Rebuild { node, from, config },
+        } => control::rebuild(&config, &node, from),
         Cmd::Drill {
             drill:
                 Drill::DbFailover {

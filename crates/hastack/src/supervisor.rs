@@ -675,6 +675,7 @@ impl Supervisor {
                 done(r)
             }
             "start" => done(self.start_node(&req.node).await),
+            "rebuild" => done(self.rebuild_node(&req.node, req.source.as_deref()).await),
             "down" => {
                 println!("hastack: down requested; stopping (lb, web, app, db)");
                 self.stop_all().await;
@@ -683,6 +684,74 @@ impl Supervisor {
             }
             other => done(Err(format!("unknown command `{other}`"))),
         }
+    }
+
+    /// Re-seeds db node `name` from `source` (default: a healthy replica, else the
+    /// primary): stops it, copies a running node's data with `mariadb-backup`, starts it.
+    async fn rebuild_node(
+        self: &Arc<Self>,
+        name: &str,
+        source: Option<&str>,
+    ) -> Result<String, String> {
+        if self.sqlite.is_some() {
+            return Err("there is no MariaDB tier to rebuild (the stack runs on SQLite)".into());
+        }
+        if self.role_of(name) != Some(Role::Db) {
+            return Err(format!("`{name}` is not a db node"));
+        }
+        let report = self.status().await;
+        let running_db =
+            |n: &&NodeStatus| n.role == "db" && n.name != name && n.healthy == Some(true);
+        let role_of = |n: &NodeStatus| {
+            n.health
+                .as_ref()
+                .and_then(|h| h.get("db_role"))
+                .and_then(|r| r.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let source = match source {
+            Some(s) => report
+                .nodes
+                .iter()
+                .filter(running_db)
+                .find(|n| n.name == s)
+                .map(|n| n.name.clone())
+                .ok_or_else(|| format!("{s} is not a running db node other than {name}"))?,
+            None => report
+                .nodes
+                .iter()
+                .filter(running_db)
+                .find(|n| role_of(n) == "replica")
+                .or_else(|| {
+                    report
+                        .nodes
+                        .iter()
+                        .filter(running_db)
+                        .find(|n| role_of(n) == "primary")
+                })
+                .map(|n| n.name.clone())
+                .ok_or_else(|| "no running db node to copy from".to_string())?,
+        };
+        let alive = self
+            .slots()
+            .iter()
+            .any(|s| s.node.name == name && s.state.alive());
+        if alive {
+            self.stop_node(name, Signal::SIGTERM).await?;
+        }
+        let secrets = hastack_runtime::secrets::DbSecrets::load_or_create(
+            &self.state_dir,
+            self.topo.db.password.as_deref(),
+            self.topo.db.repl_password.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let done = hastack_db::rebuild::reseed(&self.state_dir, name, &source, &secrets.admin)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("hastack: {done}");
+        let started = self.start_node(name).await?;
+        Ok(format!("{done}\n{started}"))
     }
 
     async fn start_node(self: &Arc<Self>, name: &str) -> Result<String, String> {

@@ -1,5 +1,7 @@
 //! A primary whose agent hangs (SIGSTOP, as a partitioned node would look) is fenced
-//! before a replica is promoted; a returned old primary whose history diverged stays out.
+//! before a replica is promoted; a returned old primary whose history diverged stays
+//! out until `hastack db rebuild` re-seeds it; the current primary survives a restart of
+//! the whole stack.
 
 mod common;
 
@@ -11,7 +13,7 @@ use nix::unistd::Pid;
 
 #[test]
 fn a_hung_primary_is_fenced_before_promotion_and_a_diverged_one_stays_out() {
-    let stack = Stack::up(Options { sqlite: false });
+    let mut stack = Stack::up(Options { sqlite: false });
     eventually("db1 to be the primary", Duration::from_secs(20), || {
         (common::primary(&stack).as_deref() == Some("db1")).then_some(())
     });
@@ -94,4 +96,53 @@ fn a_hung_primary_is_fenced_before_promotion_and_a_diverged_one_stays_out() {
     assert_eq!(stack.health("db1").expect("health")["read_only"], true);
     let table = stack.ctl_ok(&["status"]);
     assert!(table.contains("out: its history diverged"), "{table}");
+
+    // `hastack db rebuild db1` re-seeds it from a running node; it rejoins.
+    let out = stack.ctl_ok(&["db", "rebuild", "db1"]);
+    assert!(out.contains("db1 re-seeded from"), "{out}");
+    let primary_pos = || {
+        stack
+            .health(new)
+            .and_then(|h| h["gtid_current_pos"].as_str().map(str::to_string))
+    };
+    eventually(
+        "db1 to replicate again after the rebuild",
+        Duration::from_secs(30),
+        || {
+            let h = stack.health("db1")?;
+            (h["db_role"] == "replica"
+                && h["replication"]["io_running"] == "Yes"
+                && h["gtid_current_pos"].as_str() == primary_pos().as_deref())
+            .then_some(())
+        },
+    );
+    let kept = std::fs::read_dir(stack.state_dir().join("db/db1"))
+        .expect("db1 dir")
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("data.replaced-")
+        });
+    assert!(kept, "the diverged datadir is kept, not deleted");
+
+    // The primary is the db nodes' decision, not the file's: it survives a restart of
+    // the whole stack.
+    stack.ctl_ok(&["down"]);
+    stack.wait_exit(Duration::from_secs(90));
+    stack.spawn_up();
+    eventually(
+        "the stack to be ready again",
+        Duration::from_secs(120),
+        || (stack.output().matches("ready in").count() >= 2).then_some(()),
+    );
+    eventually(
+        "the same primary after the restart",
+        Duration::from_secs(20),
+        || (common::primary(&stack).as_deref() == Some(new)).then_some(()),
+    );
+    assert_eq!(
+        sql(&stack, "db1", "SELECT @@global.read_only").as_deref(),
+        Ok("1")
+    );
 }
