@@ -8,7 +8,8 @@
 //! receiving threads are stopped for a second first, so the primary has no replica to
 //! acknowledge its commits). Then the old primary is started again. The report: the
 //! longest gaps between acknowledged writes and between successful reads, acknowledged
-//! writes missing afterwards, writes stored twice, the most writable servers seen at
+//! writes missing afterwards, writes stored twice, posts not found by id right after
+//! their acknowledgement (read-your-writes), the most writable servers seen at
 //! once, the time until the old primary is a replica again, and whether every db node
 //! ends on one GTID position.
 
@@ -41,6 +42,7 @@ struct Report {
     read_gap_max_s: f64,
     reads_ok: u64,
     reads_failed: u64,
+    read_your_writes_misses: u64,
     max_writable_at_once: usize,
     failover_detected_after_ms: Option<u64>,
     fencing: Option<String>,
@@ -70,6 +72,7 @@ struct Traffic {
     read_gap: Duration,
     reads_ok: u64,
     reads_failed: u64,
+    ryw_misses: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -251,12 +254,21 @@ async fn run(
                             .and_then(|v| v["id"].as_i64())
                             .unwrap_or(0);
                         let now = Instant::now();
-                        let mut t = lock(&traffic);
-                        t.acked.insert(key.clone(), id);
-                        if let Some(last) = t.last_write {
-                            t.write_gap = t.write_gap.max(now - last);
+                        {
+                            let mut t = lock(&traffic);
+                            t.acked.insert(key.clone(), id);
+                            if let Some(last) = t.last_write {
+                                t.write_gap = t.write_gap.max(now - last);
+                            }
+                            t.last_write = Some(now);
                         }
-                        t.last_write = Some(now);
+                        // Read your write, at once, through the VIP.
+                        let back =
+                            http_get::get(vip, &format!("/api/posts/{id}"), Duration::from_secs(3))
+                                .await;
+                        if !matches!(&back, Ok((200, b)) if b.contains(&key)) {
+                            lock(&traffic).ryw_misses += 1;
+                        }
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -441,6 +453,7 @@ async fn run(
         read_gap_max_s: t.read_gap.as_secs_f64(),
         reads_ok: t.reads_ok,
         reads_failed: t.reads_failed,
+        read_your_writes_misses: t.ryw_misses,
         max_writable_at_once: *lock(&max_writable),
         failover_detected_after_ms: last_failover
             .as_ref()
@@ -487,6 +500,10 @@ fn print_table(r: &Report) {
             format!("{} / {}", r.reads_ok, r.reads_failed),
         ),
         ("acknowledged writes", r.acknowledged_writes.to_string()),
+        (
+            "written posts not found right after their 201",
+            r.read_your_writes_misses.to_string(),
+        ),
         ("acknowledged writes lost", r.lost_writes.to_string()),
         ("writes stored twice", r.duplicate_writes.to_string()),
         (

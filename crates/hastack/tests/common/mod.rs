@@ -263,10 +263,17 @@ address = "{db3}"
 
     /// Starts `hastack up`; returns once it printed "ready in", or panics with its output.
     pub fn up(opts: Options) -> Stack {
+        Stack::up_edited(opts, |t| t)
+    }
+
+    /// Like [`Stack::up`], with the topology text changed by `edit` first.
+    pub fn up_edited(opts: Options, edit: impl FnOnce(String) -> String) -> Stack {
         if !opts.sqlite {
             require_mariadb();
         }
         let mut s = Stack::prepare(opts);
+        let text = std::fs::read_to_string(&s.config).expect("topology");
+        std::fs::write(&s.config, edit(text)).expect("topology");
         s.spawn_up();
         let out = s.output.clone();
         let child = s.child.as_mut().expect("child");
