@@ -330,3 +330,67 @@ fn line_col_counts_characters() {
     assert_eq!(line_col("ab\ncé d", 7), (2, 4));
     assert_eq!(line_col("", 0), (1, 1));
 }
+
+#[test]
+fn durability_must_be_one_of_the_two_modes() {
+    let text = edited(
+        "durability = \"semi-sync-or-refuse\"",
+        "durability = \"sync\"",
+    );
+    let e = one_error_at(
+        &text,
+        line_of(&text, "durability = \"sync\""),
+        "unknown db.durability \"sync\"",
+    );
+    assert_eq!(
+        e.message,
+        "unknown db.durability \"sync\", expected \"semi-sync-or-refuse\" or \"semi-sync-or-async\""
+    );
+    let t = parse(
+        &edited(
+            "durability = \"semi-sync-or-refuse\"",
+            "durability = \"semi-sync-or-async\"",
+        ),
+        Path::new("t.toml"),
+    )
+    .expect("valid");
+    assert_eq!(t.db.durability, Durability::SemiSyncOrAsync);
+    assert_eq!(
+        Topology::default_topology().db.durability,
+        Durability::SemiSyncOrRefuse,
+        "no acknowledged write is lost by default"
+    );
+}
+
+#[test]
+fn the_failover_lease_is_bounded() {
+    let text = edited("failover_lease_ms = 600", "failover_lease_ms = 50");
+    let e = one_error_at(
+        &text,
+        line_of(&text, "failover_lease_ms = 50"),
+        "db.failover_lease_ms",
+    );
+    assert_eq!(
+        e.message,
+        "db.failover_lease_ms must be 200..=60000, found 50"
+    );
+}
+
+#[test]
+fn the_raft_port_is_not_the_database_port() {
+    let text = edited("raft = 9102", "raft = 3306");
+    let e = one_error_at(&text, line_of(&text, "raft = 3306"), "ports.raft");
+    assert_eq!(e.message, "ports.raft is the same port as ports.db (3306)");
+}
+
+#[test]
+fn passwords_are_generated_unless_named() {
+    let t = Topology::default_topology();
+    assert_eq!(
+        (t.db.password.as_deref(), t.db.repl_password.as_deref()),
+        (None, None)
+    );
+    let text = edited("# password = \"…\"", "password = \"\"");
+    let e = one_error_at(&text, line_of(&text, "password = \"\""), "db.password");
+    assert_eq!(e.message, "db.password is empty or has control characters");
+}
