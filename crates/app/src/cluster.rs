@@ -184,7 +184,25 @@ pub fn decide(probes: &[Probe], max_lag: Duration) -> Decision {
                 replication,
             } => replica_state(replication, max_lag, primary.is_some()),
         })
-        .collect();
+        .collect::<Vec<NodeState>>();
+    let mut states = states;
+    // Last resort for reads: with no primary and no replica to read from, a read-only
+    // server that replicates from nobody is a primary that fenced itself (say, refusing
+    // writes while no replica acknowledges): it has the newest data.
+    let readable = |s: &NodeState| matches!(s, NodeState::Primary | NodeState::Replica { .. });
+    if !states.iter().any(readable) {
+        for (state, probe) in states.iter_mut().zip(probes) {
+            if matches!(
+                probe,
+                Probe::Answered {
+                    read_only: true,
+                    replication: Replication::NotConfigured,
+                }
+            ) {
+                *state = NodeState::Replica { lag_s: None };
+            }
+        }
+    }
     Decision { primary, states }
 }
 
@@ -686,6 +704,19 @@ mod tests {
                 ],
                 Some(2),
                 "RRP",
+            ),
+            (
+                "a primary refusing writes (read-only, replicating from nobody) serves reads when no replica can",
+                vec![
+                    Probe::Answered {
+                        read_only: true,
+                        replication: Replication::NotConfigured,
+                    },
+                    replica(Stopped, false, None),
+                    down(),
+                ],
+                None,
+                "Rx-",
             ),
             (
                 "primary dead: replicas reconnecting still serve reads",

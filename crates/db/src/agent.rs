@@ -74,6 +74,8 @@ pub struct Settings {
     pub admin_password: String,
     /// The application's database user (whose sessions a fence ends).
     pub app_user: String,
+    /// The server's last stop was a crash, not a clean shutdown.
+    pub after_crash: bool,
 }
 
 impl Settings {
@@ -104,6 +106,7 @@ impl Settings {
             repl_password: secrets.repl.clone(),
             admin_password: secrets.admin.clone(),
             app_user: topo.db.user.clone(),
+            after_crash: false,
         })
     }
 
@@ -316,23 +319,26 @@ async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), S
 
 /// Ends the application's sessions and makes the server read-only.
 async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
-    // End the app's sessions first: a session in the middle of a commit would make
-    // `SET GLOBAL read_only` wait for it.
+    // End the app's sessions — except those waiting for a replica's acknowledgement of
+    // their commit: MariaDB commits a killed waiter locally, which would leave this
+    // server with a transaction no replica has. A waiter's commit stays prepared: a
+    // replica acknowledges it, or crash recovery drops it (init_rpl_role = SLAVE).
     let ids: Vec<i64> = bounded(
         "processlist",
         sqlx::query_scalar(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID()",
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? AND ID <> CONNECTION_ID() \
+             AND COALESCE(STATE, '') NOT LIKE '%semi-sync%'",
         )
         .bind(app_user)
         .fetch_all(pool),
     )
     .await?;
-    exec(pool, "SET GLOBAL read_only = 1").await?;
     for id in ids {
         // A session that ended by itself meanwhile is fine.
         let _ = exec(pool, &format!("KILL CONNECTION {id}")).await;
     }
-    Ok(())
+    // Waits for commits in progress; new commits wait behind it.
+    exec(pool, "SET GLOBAL read_only = 1").await
 }
 
 fn change_master(primary: &Peer, repl_password: &str) -> String {
@@ -353,6 +359,7 @@ pub struct Agent {
     cluster: watch::Receiver<ClusterState>,
     shared: Arc<Mutex<Shared>>,
     snapshot: SharedSnapshot,
+    fencing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Agent {
@@ -371,6 +378,7 @@ impl Agent {
             cluster,
             shared,
             snapshot: Arc::new(Mutex::new(Snapshot::default())),
+            fencing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -408,10 +416,11 @@ impl Agent {
     }
 
     async fn reconciler(self: Arc<Self>, shutdown: &mut watch::Receiver<bool>) {
-        let mut machine = failover::Node::new(
+        let mut machine = failover::Node::restarted(
             &self.settings.me.name,
             self.settings.timing,
             self.settings.write_policy(),
+            self.settings.after_crash && self.settings.peers.len() > 1,
         );
         // Renewal answers: (sent at, granted? or None when undecided).
         let (renew_tx, mut renew_rx) = mpsc::unbounded_channel::<(Instant, Option<bool>)>();
@@ -420,6 +429,7 @@ impl Agent {
         let mut cluster = self.cluster.clone();
         let mut last_role = String::new();
         let mut last_semi = None;
+        let mut last_leader: Option<String> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -488,6 +498,15 @@ impl Agent {
                 .until()
                 .map(|u| u.saturating_duration_since(now).as_millis() as u64);
             let leader = self.leader_name();
+            if leader != last_leader {
+                match &leader {
+                    Some(l) => info!(leader = l, "consensus leader"),
+                    None => warn!(
+                        "no consensus leader (an election, or no majority of db nodes reachable)"
+                    ),
+                }
+                last_leader = leader.clone();
+            }
             let mut snap = lock(&self.snapshot);
             snap.answering = obs.is_some();
             snap.db_role = role;
@@ -509,13 +528,34 @@ impl Agent {
     ) {
         let s = &self.settings;
         match action {
-            Action::Fence(why) => match fence(&self.local, &s.app_user).await {
-                Ok(()) => {
-                    lock(&self.snapshot).fences += 1;
-                    warn!(why, "fenced: read_only = 1");
+            Action::Fence(why) => {
+                // In the background, one at a time: `SET GLOBAL read_only` waits for
+                // commits that wait for a replica's acknowledgement, and the agent must
+                // go on observing and renewing meanwhile. New commits wait behind it.
+                if self.fencing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    return;
                 }
-                Err(e) => error!(why, error = %e, "could not fence"),
-            },
+                let (pool, user, flag, snapshot) = (
+                    self.local.clone(),
+                    s.app_user.clone(),
+                    self.fencing.clone(),
+                    self.snapshot.clone(),
+                );
+                tokio::spawn(async move {
+                    match fence(&pool, &user).await {
+                        Ok(()) => {
+                            lock(&snapshot).fences += 1;
+                            warn!(why, "fenced: read_only = 1");
+                        }
+                        Err(e) => {
+                            warn!(why, error = %e, "fence not complete yet (commits waiting for a replica's acknowledgement hold it); new commits wait behind it")
+                        }
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                });
+            }
+            // Never race a fence still in progress: the next tick decides again.
+            Action::Unfence if self.fencing.load(std::sync::atomic::Ordering::Acquire) => {}
             Action::Unfence => match exec(&self.local, "SET GLOBAL read_only = 0").await {
                 Ok(()) => info!(epoch = state.epoch, "accepting writes: read_only = 0"),
                 Err(e) => warn!(error = %e, "could not unfence"),

@@ -441,11 +441,23 @@ pub struct Node {
     following: Option<(String, u64)>,
     out: Option<String>,
     role: NodeRole,
+    after_crash: bool,
+    quarantine_until: Option<Instant>,
 }
 
 impl Node {
     /// The machine of node `me`.
     pub fn new(me: &str, timing: Timing, policy: WritePolicy) -> Node {
+        Node::restarted(me, timing, policy, false)
+    }
+
+    /// The machine of node `me`, whose server last stopped by crashing
+    /// (`after_crash`) when that is so. A node that crashed while primary does not
+    /// resume as primary for three leases: crash recovery may have dropped the
+    /// transactions at the tail of its binlog that no replica acknowledged, and a
+    /// replica that received them is promoted instead. Only if none takes over does it
+    /// resume.
+    pub fn restarted(me: &str, timing: Timing, policy: WritePolicy, after_crash: bool) -> Node {
         Node {
             me: me.to_string(),
             timing,
@@ -456,6 +468,8 @@ impl Node {
             following: None,
             out: None,
             role: NodeRole::Waiting,
+            after_crash,
+            quarantine_until: None,
         }
     }
 
@@ -528,8 +542,20 @@ impl Node {
             return actions;
         };
 
+        if self.after_crash && self.quarantine_until.is_none() {
+            self.quarantine_until = Some(now + 3 * self.timing.lease);
+        }
         if primary == self.me {
             self.following = None;
+            if self.prepared_epoch != Some(state.epoch)
+                && self.quarantine_until.is_some_and(|u| now < u)
+            {
+                fence(&mut actions, "restarted after a crash");
+                self.role = NodeRole::PrimaryNotWriting(
+                    "restarted after a crash: a replica that may have more takes over".into(),
+                );
+                return actions;
+            }
             if self.prepared_epoch != Some(state.epoch) {
                 fence(&mut actions, "promoted, still applying what it received");
                 actions.push(Action::PrepareToLead { epoch: state.epoch });
@@ -567,6 +593,7 @@ impl Node {
         }
 
         // Another node is primary.
+        self.quarantine_until = Some(now);
         self.lease.lost();
         self.prepared_epoch = None;
         fence(&mut actions, "another node is primary");
@@ -996,6 +1023,34 @@ mod tests {
                 primary: "db2".into(),
                 epoch: 2
             }]
+        );
+    }
+
+    #[test]
+    fn a_primary_back_from_a_crash_lets_a_replica_take_over_and_resumes_only_if_none_does() {
+        let t0 = Instant::now();
+        let s = state(4, "db1");
+        let mut n = Node::restarted("db1", timing(), WritePolicy::Always, true);
+        assert_eq!(
+            n.tick(t0, &s, Some(&obs(true))),
+            vec![],
+            "no renewal, no promotion steps: its lease lapses and a replica is promoted"
+        );
+        assert!(matches!(n.role(), NodeRole::PrimaryNotWriting(_)));
+        assert_eq!(
+            n.tick(t0 + ms(1799), &s, Some(&obs(false))),
+            vec![Action::Fence("restarted after a crash")]
+        );
+        assert_eq!(
+            n.tick(t0 + ms(1800), &s, Some(&obs(true))),
+            vec![Action::PrepareToLead { epoch: 4 }],
+            "after three leases with nobody taking over, it resumes"
+        );
+        let mut clean = Node::restarted("db1", timing(), WritePolicy::Always, false);
+        assert_eq!(
+            clean.tick(t0, &s, Some(&obs(true))),
+            vec![Action::PrepareToLead { epoch: 4 }],
+            "after a clean stop the primary resumes at once"
         );
     }
 }

@@ -193,6 +193,15 @@ pub async fn run(
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
     let raft_listener = bind_tcp(topo.raft_addr(node), "raft", false)?;
 
+    // Whether mariadbd last stopped cleanly: the marker is written after a clean stop
+    // and removed at start, so its absence on an installed datadir means a crash.
+    let clean_marker = layout.base.join("stopped-cleanly");
+    let mut settings = settings;
+    settings.after_crash = layout.installed.exists() && !clean_marker.exists();
+    let _ = std::fs::remove_file(&clean_marker);
+    if settings.after_crash {
+        warn!("mariadbd did not stop cleanly last time: crash recovery runs");
+    }
     if !layout.installed.exists() {
         install(&install_db, &layout).await?;
     }
@@ -292,7 +301,9 @@ pub async fn run(
     let _ = raft.shutdown().await;
     raft_task.abort();
     pool.close().await;
-    stop(&mut child).await;
+    if stop(&mut child).await && result.is_ok() {
+        let _ = write_private(&clean_marker, "mariadbd stopped cleanly\n");
+    }
     let _ = admin_task.await;
     result
 }
@@ -501,7 +512,8 @@ async fn wait_until_up(
         }
         if layout.socket.exists() {
             match MySqlPoolOptions::new()
-                .max_connections(2)
+                // Observation, a fence that may wait, promotion steps, health.
+                .max_connections(4)
                 .acquire_timeout(Duration::from_secs(2))
                 .connect_with(opts.clone())
                 .await
@@ -527,14 +539,17 @@ async fn wait_until_up(
     }
 }
 
-async fn stop(child: &mut Child) {
-    let Some(pid) = child.id() else { return };
+/// Stops `mariadbd`; true when it shut down cleanly (exit status 0).
+async fn stop(child: &mut Child) -> bool {
+    let Some(pid) = child.id() else { return false };
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    if tokio::time::timeout(STOP_TIMEOUT, child.wait())
-        .await
-        .is_err()
-    {
-        warn!("mariadbd did not stop within {STOP_TIMEOUT:?}; killing it");
-        let _ = child.kill().await;
+    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => status.success(),
+        Ok(Err(_)) => false,
+        Err(_) => {
+            warn!("mariadbd did not stop within {STOP_TIMEOUT:?}; killing it");
+            let _ = child.kill().await;
+            false
+        }
     }
 }

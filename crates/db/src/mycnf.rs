@@ -107,6 +107,10 @@ pub fn my_cnf(l: &Layout, i: &Instance) -> String {
     // it can rejoin. The master side is off until the agent promotes this server (on a
     // replica it would stall the SQL thread); AFTER_SYNC is the lossless wait point.
     kv("rpl_semi_sync_slave_enabled", "ON");
+    // ...which since MariaDB 10.11.8 (MDEV-33465) happens only with this role. A node
+    // that crashed while primary does not resume as primary: it lets a replica that may
+    // have more take over (see failover.rs), so truncating its tail loses nothing.
+    kv("init_rpl_role", "SLAVE");
     kv("rpl_semi_sync_master_enabled", "OFF");
     kv("rpl_semi_sync_master_wait_point", "AFTER_SYNC");
     kv(
@@ -240,6 +244,7 @@ mod tests {
             "rpl_semi_sync_master_enabled=OFF",
             "rpl_semi_sync_master_wait_point=AFTER_SYNC",
             "binlog_expire_logs_seconds=604800",
+            "init_rpl_role=SLAVE",
             "innodb_buffer_pool_size=64M",
             "user=root",
         ] {

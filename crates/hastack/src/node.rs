@@ -28,7 +28,9 @@ pub(crate) fn main(
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // openraft logs every failed heartbeat to a down peer at ERROR, twice a
+                // second; the db agent logs what matters (leader changes, failovers).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
         )
         .with_target(false)
         .with_ansi(false)
