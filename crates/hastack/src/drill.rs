@@ -501,7 +501,7 @@ fn print_table(r: &Report) {
         ),
         ("acknowledged writes", r.acknowledged_writes.to_string()),
         (
-            "written posts not found right after their 201",
+            "posts not found right after their 201",
             r.read_your_writes_misses.to_string(),
         ),
         ("acknowledged writes lost", r.lost_writes.to_string()),
