@@ -112,12 +112,22 @@ fn target(config: &ConfigArg) -> anyhow::Result<PathBuf> {
 
 /// `stop`, `start`, `kill`, `down`.
 pub(crate) fn simple(config: &ConfigArg, cmd: &str, node: &str) -> anyhow::Result<ExitCode> {
+    command(config, cmd, node, None)
+}
+
+/// Sends one command and prints the supervisor's message (or fails with its error).
+fn command(
+    config: &ConfigArg,
+    cmd: &str,
+    node: &str,
+    source: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let resp = send(
         &target(config)?,
         &Request {
             cmd: cmd.into(),
             node: node.into(),
-            source: None,
+            source,
         },
     )?;
     if resp.ok {
@@ -137,20 +147,7 @@ pub(crate) fn rebuild(
     println!(
         "hastack: re-seeding {node} (it is stopped, copied from a running node with mariadb-backup, and started again)…"
     );
-    let resp = send(
-        &target(config)?,
-        &Request {
-            cmd: "rebuild".into(),
-            node: node.into(),
-            source,
-        },
-    )?;
-    if resp.ok {
-        println!("{}", resp.message.unwrap_or_else(|| "ok".into()));
-        Ok(ExitCode::SUCCESS)
-    } else {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()))
-    }
+    command(config, "rebuild", node, source)
 }
 
 /// `status [--json]`.
