@@ -39,6 +39,11 @@ fn vip_moves_to_lb2_within_a_second_of_killing_lb1_and_comes_back() {
     });
     let takeover = killed.elapsed();
     eprintln!("takeover after kill lb1: {takeover:?} ({by})");
+    // `eventually` bounds the time between attempts; this bounds the claim itself.
+    assert!(
+        takeover < Duration::from_secs(1),
+        "lb2 served only after {takeover:?}"
+    );
     let st = stack.status();
     let lb1 = st["nodes"]
         .as_array()

@@ -404,7 +404,11 @@ mod tests {
             for bit in 0..8 {
                 let mut m = good.clone();
                 m[i] ^= 1 << bit;
-                let _ = Advert::decode(&m, a, a);
+                // The Internet checksum catches every single-bit error.
+                assert!(
+                    Advert::decode(&m, a, a).is_err(),
+                    "byte {i} bit {bit} flipped and still accepted"
+                );
             }
         }
         assert!(parse_ipv4(&[0x45; 10]).is_none());

@@ -23,6 +23,13 @@ fn advert() -> Advert {
     }
 }
 
+/// One datagram, or a failure after 2 s: a lost datagram fails the test, never hangs it.
+async fn recv(t: &UdpTransport, buf: &mut [u8]) -> Result<(Ipv4Addr, Advert), RecvError> {
+    tokio::time::timeout(std::time::Duration::from_secs(2), t.recv(buf))
+        .await
+        .expect("no datagram within 2 s")
+}
+
 #[tokio::test]
 async fn adverts_travel_between_peers_and_forgeries_are_rejected() {
     let a_ip = Ipv4Addr::new(127, 0, 77, 1);
@@ -39,7 +46,7 @@ async fn adverts_travel_between_peers_and_forgeries_are_rejected() {
     let mut buf = [0u8; 1500];
 
     a.send(&advert(), &stats).await;
-    let (from, got) = b.recv(&mut buf).await.expect("advert");
+    let (from, got) = recv(&b, &mut buf).await.expect("advert");
     assert_eq!(from, a_ip);
     assert_eq!(got, advert());
 
@@ -52,7 +59,7 @@ async fn adverts_travel_between_peers_and_forgeries_are_rejected() {
         .await
         .expect("send");
     assert!(matches!(
-        b.recv(&mut buf).await,
+        recv(&b, &mut buf).await,
         Err(RecvError::UnknownSender(_))
     ));
 
@@ -64,7 +71,7 @@ async fn adverts_travel_between_peers_and_forgeries_are_rejected() {
         .await
         .expect("send");
     assert!(matches!(
-        b.recv(&mut buf).await,
+        recv(&b, &mut buf).await,
         Err(RecvError::Decode {
             err: DecodeError::Checksum { .. },
             ..
@@ -77,7 +84,7 @@ async fn adverts_travel_between_peers_and_forgeries_are_rejected() {
         .await
         .expect("send");
     assert!(matches!(
-        b.recv(&mut buf).await,
+        recv(&b, &mut buf).await,
         Err(RecvError::Decode { .. })
     ));
 }
