@@ -29,6 +29,7 @@ use crate::failover::{
     self, Action, Candidate, ClusterState, Command, FailoverRecord, GtidPos, Observation, Outcome,
     Timing,
 };
+use crate::lock;
 use crate::mycnf::sql_string;
 use crate::raft::{self, Raft, Shared};
 
@@ -134,8 +135,8 @@ impl Settings {
 pub struct Snapshot {
     /// `mariadbd` answered the last observation.
     pub answering: bool,
-    /// The machine's role label (`primary`, `replica`, `out: …`).
-    pub db_role: String,
+    /// What the node is; `None` until the agent's first look.
+    pub role: Option<failover::NodeRole>,
     /// The last observation.
     pub observation: Observation,
     /// More of it, for people.
@@ -154,10 +155,6 @@ pub struct Snapshot {
 
 /// The agent's shared view, read by `/healthz`.
 pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How to reach a peer's `mariadbd` over TCP as hastack's admin account.
 fn admin_options(p: &Peer, password: &str) -> MySqlConnectOptions {
@@ -247,17 +244,28 @@ async fn slave_status(pool: &MySqlPool) -> Result<Option<SlaveStatus>, String> {
     }))
 }
 
-async fn global_status(pool: &MySqlPool, name: &str) -> Result<String, String> {
-    let row = bounded(
-        name,
-        sqlx::query("SHOW GLOBAL STATUS WHERE Variable_name = ?")
-            .bind(name)
-            .fetch_optional(pool),
+/// The semi-sync master side's `(clients, status is ON)`, in one query.
+async fn semi_sync_status(pool: &MySqlPool) -> Result<(u32, bool), String> {
+    let rows: Vec<(String, String)> = bounded(
+        "semi-sync status",
+        sqlx::query_as(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN \
+             ('Rpl_semi_sync_master_clients', 'Rpl_semi_sync_master_status')",
+        )
+        .fetch_all(pool),
     )
     .await?;
-    Ok(row
-        .and_then(|r| r.try_get::<String, _>(1).ok())
-        .unwrap_or_default())
+    let value = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    Ok((
+        value("Rpl_semi_sync_master_clients")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        value("Rpl_semi_sync_master_status") == Some("ON"),
+    ))
 }
 
 /// Looks at the local server.
@@ -276,12 +284,7 @@ async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), S
     let master_side = row.try_get::<i64, _>("ssm").unwrap_or(0) != 0;
     let slave = slave_status(pool).await?;
     let (clients, semi_on) = if master_side {
-        let clients = global_status(pool, "Rpl_semi_sync_master_clients")
-            .await?
-            .parse::<u32>()
-            .unwrap_or(0);
-        let on = global_status(pool, "Rpl_semi_sync_master_status").await? == "ON";
-        (clients, on)
+        semi_sync_status(pool).await?
     } else {
         (0, false)
     };
@@ -427,7 +430,8 @@ impl Agent {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut cluster = self.cluster.clone();
-        let mut last_role = String::new();
+        let mut last_role = None;
+        let mut pending = Vec::new();
         let mut last_semi = None;
         let mut last_leader: Option<String> = None;
         loop {
@@ -435,14 +439,12 @@ impl Agent {
                 _ = shutdown.changed() => return,
                 _ = ticker.tick() => {}
                 _ = cluster.changed() => {}
-                Some((sent, answer)) = renew_rx.recv() => {
-                    match answer {
-                        Some(granted) => machine.renewed(sent, granted),
-                        None => machine.renew_failed(sent),
-                    }
-                }
+                Some(first) = renew_rx.recv() => pending.push(first),
             }
-            while let Ok((sent, answer)) = renew_rx.try_recv() {
+            while let Ok(more) = renew_rx.try_recv() {
+                pending.push(more);
+            }
+            for (sent, answer) in pending.drain(..) {
                 match answer {
                     Some(granted) => machine.renewed(sent, granted),
                     None => machine.renew_failed(sent),
@@ -460,13 +462,13 @@ impl Agent {
                 self.carry_out(action, now, &mut machine, &renew_tx, &state)
                     .await;
             }
-            let role = machine.role().label();
-            if role != last_role {
-                info!(db_role = %role, epoch = state.epoch, primary = state.primary.as_deref().unwrap_or("none"), "role");
-                last_role = role.clone();
+            let role = machine.role().clone();
+            if last_role.as_ref() != Some(&role) {
+                info!(db_role = %role.label(), epoch = state.epoch, primary = state.primary.as_deref().unwrap_or("none"), "role");
+                last_role = Some(role.clone());
             }
             if let Some(o) = obs
-                && role == "primary"
+                && role == failover::NodeRole::Primary
             {
                 let semi = (o.semi_sync_on, o.semi_sync_clients);
                 if last_semi != Some(semi) {
@@ -509,7 +511,7 @@ impl Agent {
             }
             let mut snap = lock(&self.snapshot);
             snap.answering = obs.is_some();
-            snap.db_role = role;
+            snap.role = Some(role);
             snap.observation = obs.cloned().unwrap_or_default();
             snap.detail = detail;
             snap.cluster = state;
@@ -857,9 +859,8 @@ impl Agent {
             Ok(c) => c.clone(),
             Err(e) => {
                 // Let replication go on: the old primary may come back.
-                for (p, pool) in pools.iter().filter(|(p, _)| p.name != old) {
+                for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
                     let _ = exec(pool, "START SLAVE IO_THREAD").await;
-                    let _ = p;
                 }
                 return Err(e.to_string());
             }

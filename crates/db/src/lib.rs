@@ -308,7 +308,8 @@ pub async fn run(
     result
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A lock that survives a panicked holder (the data is plain state, still usable).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -324,23 +325,28 @@ fn health(
     };
     body["node"] = json!(name);
     body["role"] = json!("db");
-    body["db_role"] = json!(if snap.db_role.is_empty() {
-        "starting"
-    } else {
-        snap.db_role.as_str()
-    });
+    body["db_role"] = json!(
+        snap.role
+            .as_ref()
+            .map_or_else(|| "starting".to_string(), failover::NodeRole::label)
+    );
     body["durability"] = json!(durability.as_str());
-    if snap.db_role == "primary" || snap.db_role.starts_with("primary ") {
-        body["writes"] = json!(if snap.db_role == "primary" {
+    let writes = match &snap.role {
+        Some(failover::NodeRole::Primary) => Some(
             if snap.observation.semi_sync_on && snap.observation.semi_sync_clients > 0 {
                 "accepted (semi-sync: a replica acknowledges each commit)".to_string()
             } else {
                 "accepted ASYNCHRONOUSLY: no replica acknowledges, a failover may lose them"
                     .to_string()
-            }
-        } else {
-            format!("refused: {}", snap.db_role)
-        });
+            },
+        ),
+        Some(r @ failover::NodeRole::PrimaryNotWriting(_)) => {
+            Some(format!("refused: {}", r.label()))
+        }
+        _ => None,
+    };
+    if let Some(writes) = writes {
+        body["writes"] = json!(writes);
         body["lease_left_ms"] = json!(snap.lease_left_ms);
     }
     body["cluster"] = json!({
@@ -378,7 +384,7 @@ fn metrics(snap: &agent::Snapshot, out: &mut String) {
         "hastack_db_primary",
         "This node is the primary and accepts writes",
         "gauge",
-        f64::from(u8::from(snap.db_role == "primary")),
+        f64::from(u8::from(snap.role == Some(failover::NodeRole::Primary))),
     );
     g(
         "hastack_db_read_only",

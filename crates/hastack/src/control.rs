@@ -265,7 +265,7 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
         let when = f
             .get("at_unix_ms")
             .and_then(|v| v.as_i64())
-            .and_then(chrono_like)
+            .and_then(utc_time)
             .unwrap_or_default();
         out.push_str(&format!(
             "last failover: {} → {} at {when} (epoch {}; lease expiry seen after {} ms; {})\n",
@@ -295,7 +295,7 @@ fn last_failover(r: &StatusReport) -> Option<serde_json::Value> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` of Unix milliseconds.
-fn chrono_like(ms: i64) -> Option<String> {
+fn utc_time(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }

@@ -183,7 +183,7 @@ async fn run(
     let run_id = format!(
         "drill-{}-{}",
         std::process::id(),
-        chrono_like_now_ms() % 1_000_000_000
+        chrono::Utc::now().timestamp_millis() % 1_000_000_000
     );
     let traffic = Arc::new(Mutex::new(Traffic::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -466,13 +466,6 @@ async fn run(
         converged,
         gtid_positions: positions,
     })
-}
-
-fn chrono_like_now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 fn print_table(r: &Report) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// An answer: status, headers and body.
+/// An answer: status and body.
 pub(crate) struct Answer {
     pub(crate) status: u16,
     pub(crate) body: String,
