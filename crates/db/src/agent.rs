@@ -38,6 +38,11 @@ const TICK: Duration = Duration::from_millis(50);
 /// How long the first leader waits for the topology's primary to join before it starts
 /// with another node as primary.
 const BOOTSTRAP_GRACE: Duration = Duration::from_secs(30);
+/// After this process starts, how long the arbiter waits for the record's primary to
+/// renew before failing it over: when the whole tier restarts, the primary's server may
+/// simply be slower to start than the others. A primary that renewed while this process
+/// ran is failed over on the lease alone.
+const RESTART_GRACE: Duration = Duration::from_secs(10);
 /// Bound of one query the agent makes.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -686,7 +691,8 @@ impl Agent {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff_until = Instant::now();
-        let leading_since = Instant::now();
+        let started = Instant::now();
+        let mut told_grace = false;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -716,7 +722,7 @@ impl Agent {
                 });
                 let primary = if joined {
                     initial
-                } else if leading_since.elapsed() > BOOTSTRAP_GRACE {
+                } else if started.elapsed() > BOOTSTRAP_GRACE {
                     warn!(
                         initial,
                         "the topology's primary has not joined within {BOOTSTRAP_GRACE:?}: starting with this node as primary"
@@ -742,8 +748,21 @@ impl Agent {
                 }
                 continue;
             };
-            let last_grant = lock(&self.shared).last_grant_applied;
+            let (last_grant, live) = {
+                let shared = lock(&self.shared);
+                (shared.last_grant_applied, shared.live_grant)
+            };
             if !self.settings.timing.expired(last_grant, Instant::now()) {
+                continue;
+            }
+            if !live && started.elapsed() < RESTART_GRACE {
+                if !told_grace {
+                    info!(
+                        primary = old,
+                        "restarted: waiting up to {RESTART_GRACE:?} for the primary to come back before failing it over"
+                    );
+                    told_grace = true;
+                }
                 continue;
             }
             // Make sure this leader has applied everything committed before deciding.

@@ -13,7 +13,9 @@
 //!
 //! Besides the state, the state machine records *when* this process applied the last
 //! lease grant ([`Shared::last_grant_applied`]): the arbiter's clock for deciding that a
-//! primary's lease has expired. It is not part of the replicated state.
+//! primary's lease has expired — and whether any grant applied was *new*, appended after
+//! this process started ([`Shared::live_grant`]), rather than replayed from the log. It
+//! is not part of the replicated state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -184,6 +186,13 @@ impl LogStore {
         Ok(LogStore(Arc::new(Mutex::new(inner))))
     }
 
+    /// The index of the last entry, appended or purged (0 for an empty log).
+    fn last_index(&self) -> u64 {
+        let inner = self.inner();
+        let last = inner.log.keys().next_back().copied();
+        last.or(inner.last_purged.map(|l| l.index)).unwrap_or(0)
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, LogInner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -313,6 +322,11 @@ pub struct Shared {
     /// When this process last applied a granted command (renewal, bootstrap or
     /// promotion) — or started, which is as late as any grant it may not have seen.
     pub last_grant_applied: Instant,
+    /// A granted command beyond the log this process started with has been applied:
+    /// the record's primary (or the arbiter that promoted it) was alive while this
+    /// process was. False after a restart until then — the grants replayed from the log
+    /// say nothing about whether the primary came back.
+    pub live_grant: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -336,12 +350,16 @@ pub struct StateMachine {
     data: Arc<Mutex<SmData>>,
     shared: Arc<Mutex<Shared>>,
     publish: Arc<watch::Sender<ClusterState>>,
+    /// The last log index when this process started: grants after it are live.
+    start_index: u64,
 }
 
 impl StateMachine {
-    /// Opens the state machine in `dir`, starting from its last snapshot.
+    /// Opens the state machine in `dir`, starting from its last snapshot; `start_index`
+    /// is the last index of the log this process starts with.
     pub fn open(
         dir: &Path,
+        start_index: u64,
     ) -> std::io::Result<(
         StateMachine,
         watch::Receiver<ClusterState>,
@@ -354,6 +372,7 @@ impl StateMachine {
         let (tx, rx) = watch::channel(data.state.clone());
         let shared = Arc::new(Mutex::new(Shared {
             last_grant_applied: Instant::now(),
+            live_grant: false,
         }));
         Ok((
             StateMachine {
@@ -361,6 +380,7 @@ impl StateMachine {
                 data: Arc::new(Mutex::new(data)),
                 shared: shared.clone(),
                 publish: Arc::new(tx),
+                start_index,
             },
             rx,
             shared,
@@ -423,7 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut out = Vec::new();
-        let mut granted = false;
+        let (mut granted, mut live) = (false, false);
         let state = {
             let mut d = self.data();
             for e in entries {
@@ -432,7 +452,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => out.push(Outcome::Granted),
                     EntryPayload::Normal(cmd) => {
                         let r = d.state.apply(&cmd);
-                        granted |= r == Outcome::Granted;
+                        let ok = r == Outcome::Granted;
+                        granted |= ok;
+                        live |= ok && e.log_id.index > self.start_index;
                         out.push(r);
                     }
                     EntryPayload::Membership(m) => {
@@ -444,10 +466,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             d.state.clone()
         };
         if granted {
-            self.shared
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .last_grant_applied = Instant::now();
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            shared.last_grant_applied = Instant::now();
+            shared.live_grant |= live;
         }
         self.publish.send_if_modified(|s| {
             let changed = *s != state;
@@ -778,8 +799,9 @@ pub async fn start(
     members: BTreeMap<u64, BasicNode>,
 ) -> Result<(Raft, watch::Receiver<ClusterState>, Arc<Mutex<Shared>>), String> {
     let log = LogStore::open(dir).map_err(|e| format!("raft log in {}: {e}", dir.display()))?;
-    let (sm, rx, shared) =
-        StateMachine::open(dir).map_err(|e| format!("raft state in {}: {e}", dir.display()))?;
+    let start_index = log.last_index();
+    let (sm, rx, shared) = StateMachine::open(dir, start_index)
+        .map_err(|e| format!("raft state in {}: {e}", dir.display()))?;
     let cfg = Arc::new(config().validate().map_err(|e| e.to_string())?);
     let raft = Raft::new(id, cfg, NetworkFactory, log, sm)
         .await
@@ -855,7 +877,8 @@ mod tests {
     #[tokio::test]
     async fn the_state_machine_applies_commands_and_restores_from_its_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut sm, rx, shared) = StateMachine::open(dir.path()).expect("open");
+        // The log held entries 1 and 2 when this process started: they are replayed.
+        let (mut sm, rx, shared) = StateMachine::open(dir.path(), 2).expect("open");
         let before = shared.lock().expect("lock").last_grant_applied;
         let out = sm
             .apply(vec![
@@ -881,8 +904,28 @@ mod tests {
         assert!(matches!(out[1], Outcome::Refused(_)));
         assert_eq!(rx.borrow().primary.as_deref(), Some("db1"));
         assert!(shared.lock().expect("lock").last_grant_applied >= before);
+        assert!(
+            !shared.lock().expect("lock").live_grant,
+            "a grant replayed from the log says nothing about the primary being back"
+        );
+        let out = sm
+            .apply(vec![entry(
+                1,
+                3,
+                Some(Command::Renew {
+                    node: "db1".into(),
+                    epoch: 1,
+                }),
+            )])
+            .await
+            .expect("apply");
+        assert_eq!(out[0], Outcome::Granted);
+        assert!(
+            shared.lock().expect("lock").live_grant,
+            "a renewal appended after the start is live"
+        );
         sm.build_snapshot().await.expect("snapshot");
-        let (mut again, rx2, _) = StateMachine::open(dir.path()).expect("reopen");
+        let (mut again, rx2, _) = StateMachine::open(dir.path(), 3).expect("reopen");
         assert_eq!(rx2.borrow().primary.as_deref(), Some("db1"));
         assert_eq!(
             again
@@ -891,7 +934,7 @@ mod tests {
                 .expect("applied")
                 .0
                 .map(|l| l.index),
-            Some(2)
+            Some(3)
         );
     }
 }

@@ -1,7 +1,7 @@
 //! A primary whose agent hangs (SIGSTOP, as a partitioned node would look) is fenced
 //! before a replica is promoted; a returned old primary whose history diverged stays
 //! out until `hastack db rebuild` re-seeds it; the current primary survives a restart of
-//! the whole stack.
+//! the whole stack, even when its server comes back seconds after the others.
 
 mod common;
 
@@ -144,5 +144,46 @@ fn a_hung_primary_is_fenced_before_promotion_and_a_diverged_one_stays_out() {
     assert_eq!(
         sql(&stack, "db1", "SELECT @@global.read_only").as_deref(),
         Ok("1")
+    );
+
+    // The db tier restarts and the primary's server is the slowest to come back: the
+    // others form a majority without it, and must wait for it rather than fail it over.
+    let replicas: Vec<&str> = ["db1", "db2", "db3"]
+        .into_iter()
+        .filter(|n| *n != new)
+        .collect();
+    for n in &replicas {
+        stack.ctl_ok(&["stop", n]);
+    }
+    stack.ctl_ok(&["stop", new]);
+    for n in &replicas {
+        stack.ctl_ok(&["start", n]);
+    }
+    eventually(
+        "the replicas' consensus to have a leader",
+        Duration::from_secs(30),
+        || {
+            replicas
+                .iter()
+                .any(|n| {
+                    stack
+                        .health(n)
+                        .is_some_and(|h| h["cluster"]["consensus_leader"].is_string())
+                })
+                .then_some(())
+        },
+    );
+    // Several leases (0.6 s each) pass without the primary.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &replicas {
+        let h = stack.health(n).expect("health");
+        assert_eq!(h["db_role"], "replica", "{n} was promoted: {h}");
+        assert_eq!(h["cluster"]["primary"], new, "{h}");
+    }
+    stack.ctl_ok(&["start", new]);
+    eventually(
+        "the primary to lead again after coming back last",
+        Duration::from_secs(20),
+        || (common::primary(&stack).as_deref() == Some(new)).then_some(()),
     );
 }
