@@ -58,6 +58,82 @@ impl fmt::Display for Role {
 pub enum Mode {
     /// All nodes on one machine, each on its own 127.x.y.z address; VRRP over UDP unicast.
     Loopback,
+    /// All nodes on one machine, each in its own network namespace on a bridge of
+    /// hastack's own, firewalled per tier; real VRRP (IP protocol 112), the VIP added to
+    /// the master's interface.
+    Isolated,
+    /// One node per server (`hastack node NAME`): as isolated, on the servers' networks.
+    Hosts,
+}
+
+impl Mode {
+    /// The mode's name as written in the topology file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Loopback => "loopback",
+            Mode::Isolated => "isolated",
+            Mode::Hosts => "hosts",
+        }
+    }
+
+    /// Whether VRRP travels as IP protocol 112 and the VIP is an interface address.
+    pub fn real_network(self) -> bool {
+        self != Mode::Loopback
+    }
+}
+
+/// An IPv4 network, e.g. `10.77.0.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// The network address (host bits zero).
+    pub network: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+
+    /// Parses `a.b.c.d/len`; host bits must be zero.
+    pub fn parse(s: &str) -> Option<Subnet> {
+        let (addr, len) = s.split_once('/')?;
+        let network: Ipv4Addr = addr.trim().parse().ok()?;
+        let prefix: u8 = len.trim().parse().ok()?;
+        let net = Subnet { network, prefix };
+        (prefix <= 32 && u32::from(network) & !net.mask() == 0).then_some(net)
+    }
+
+    /// Whether `a` is a host address of this network (not the network or broadcast
+    /// address).
+    pub fn has_host(self, a: Ipv4Addr) -> bool {
+        let (a, m) = (u32::from(a), self.mask());
+        a & m == u32::from(self.network) && a & !m != 0 && a & !m != !m
+    }
+
+    /// The `n`th host address (1 = the first), if the network has it.
+    pub fn host(self, n: u32) -> Option<Ipv4Addr> {
+        let a = Ipv4Addr::from(u32::from(self.network).checked_add(n)?);
+        self.has_host(a).then_some(a)
+    }
+
+    /// The last host address.
+    pub fn last_host(self) -> Option<Ipv4Addr> {
+        let last = u32::from(self.network) | !self.mask();
+        let a = Ipv4Addr::from(last.checked_sub(1)?);
+        self.has_host(a).then_some(a)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
 }
 
 /// One node of the topology.
@@ -99,6 +175,10 @@ pub struct VrrpSettings {
     pub advert_interval_cs: u16,
     /// Whether a higher-priority backup takes the VIP from a lower-priority master.
     pub preempt: bool,
+    /// Isolated and hosts modes: send adverts to each peer's address instead of the
+    /// VRRP multicast group 224.0.0.18 (for networks without multicast, as keepalived's
+    /// `unicast_peer`). Loopback mode always sends to each peer.
+    pub unicast: bool,
 }
 
 /// Active health checks of an upstream pool.
@@ -183,6 +263,9 @@ pub struct Topology {
     pub site: String,
     /// How nodes reach each other.
     pub mode: Mode,
+    /// Isolated and hosts modes: the network of the nodes and the VIP (its prefix is
+    /// the VIP's). `hastack up --isolated` places a loopback topology's nodes in it.
+    pub subnet: Subnet,
     /// Where node state (datadirs, sockets, logs) lives.
     pub state_dir: PathBuf,
     /// The virtual IP the lb tier shares.
@@ -272,6 +355,54 @@ impl Topology {
     /// The site's URL through the VIP.
     pub fn site_url(&self) -> String {
         format!("http://{}:{}/", self.vip, self.http_port)
+    }
+
+    /// The same topology in isolated mode. A loopback topology's nodes get the hosts of
+    /// [`Topology::subnet`] in file order (the first node `.1`), its VIP the 100th host;
+    /// a topology already isolated (or of real hosts) is returned as it is.
+    pub fn isolated(&self) -> Result<Topology, String> {
+        if self.mode != Mode::Loopback {
+            return Ok(Topology {
+                mode: Mode::Isolated,
+                ..self.clone()
+            });
+        }
+        let net = self.subnet;
+        let vip = net
+            .host(100)
+            .ok_or_else(|| format!("the subnet {net} has no 100th host for the VIP"))?;
+        let mut t = Topology {
+            mode: Mode::Isolated,
+            vip,
+            ..self.clone()
+        };
+        for (i, n) in t.nodes.iter_mut().enumerate() {
+            let a = net
+                .host(i as u32 + 1)
+                .filter(|a| *a != vip)
+                .ok_or_else(|| {
+                    format!(
+                        "the subnet {net} is too small for {} nodes",
+                        self.nodes.len()
+                    )
+                })?;
+            n.address = a;
+        }
+        Ok(t)
+    }
+
+    /// Isolated mode: the supervisor's own address on the stack's bridge (the last host
+    /// of the subnet); the admin ports answer it.
+    pub fn supervisor_address(&self) -> Option<Ipv4Addr> {
+        self.subnet.last_host()
+    }
+
+    /// Isolated mode: the address of the `client` namespace, from which the site is
+    /// reached (the host before the supervisor's).
+    pub fn client_address(&self) -> Option<Ipv4Addr> {
+        let last = self.subnet.last_host()?;
+        self.subnet
+            .host(u32::from(last) - u32::from(self.subnet.network) - 1)
     }
 }
 

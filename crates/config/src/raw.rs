@@ -10,7 +10,7 @@ use serde_spanned::Spanned;
 
 use crate::{
     ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, Mode, Node, Ports, Role,
-    Topology, VrrpSettings, WebSettings, line_col,
+    Subnet, Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -20,7 +20,9 @@ pub const DEFAULT_TOPOLOGY: &str = r#"# hastack topology: www.foobar.com on one 
 
 [site]
 name = "www.foobar.com"
-mode = "loopback"          # each node on its own 127.x.y.z address
+mode = "loopback"          # each node on its own 127.x.y.z address; `hastack up --isolated`
+                           # puts each node in a network namespace of its own, in `subnet`
+subnet = "10.77.0.0/24"    # isolated and hosts modes: the nodes' and the VIP's network
 state_dir = ".hastack"     # datadirs, sockets and logs, relative to the working directory
 
 [vip]
@@ -39,6 +41,7 @@ raft = 9102                # the db nodes' consensus on who is primary (Raft, HT
 vrid = 51
 advert_interval = 10       # centiseconds: 0.1 s adverts, takeover in about 0.35 s
 preempt = true
+unicast = false            # isolated/hosts: adverts to each peer instead of 224.0.0.18
 
 [health]
 interval_ms = 200
@@ -140,6 +143,12 @@ struct RawSite {
     mode: Spanned<String>,
     #[serde(default = "default_state_dir")]
     state_dir: String,
+    #[serde(default = "default_subnet")]
+    subnet: Spanned<String>,
+}
+
+fn default_subnet() -> Spanned<String> {
+    Spanned::new(0..0, "10.77.0.0/24".to_string())
 }
 
 fn default_mode() -> Spanned<String> {
@@ -187,6 +196,7 @@ struct RawVrrp {
     vrid: Spanned<u8>,
     advert_interval: Spanned<u16>,
     preempt: bool,
+    unicast: bool,
 }
 
 impl Default for RawVrrp {
@@ -195,6 +205,7 @@ impl Default for RawVrrp {
             vrid: Spanned::new(0..0, 51),
             advert_interval: Spanned::new(0..0, 10),
             preempt: true,
+            unicast: false,
         }
     }
 }
@@ -361,25 +372,57 @@ pub(crate) fn validate(
 
     let mode = match raw.site.mode.get_ref().as_str() {
         "loopback" => Some(Mode::Loopback),
-        "isolated" | "hosts" => {
-            c.error(
-                &raw.site.mode,
-                format!(
-                    "mode \"{}\" is not supported by this version of hastack",
-                    raw.site.mode.get_ref()
-                ),
-                "use mode = \"loopback\"",
-            );
-            None
-        }
+        "isolated" => Some(Mode::Isolated),
+        "hosts" => Some(Mode::Hosts),
         other => {
             c.error(
                 &raw.site.mode,
-                format!("unknown mode \"{other}\", expected \"loopback\""),
-                "use mode = \"loopback\"",
+                format!(
+                    "unknown mode \"{other}\", expected \"loopback\", \"isolated\" or \"hosts\""
+                ),
+                "\"loopback\": one machine, 127.x addresses; \"isolated\": one machine, a network namespace per node (root); \"hosts\": one server per node",
             );
             None
         }
+    };
+    let subnet = match Subnet::parse(raw.site.subnet.get_ref()) {
+        Some(s) if (8..=24).contains(&s.prefix) => Some(s),
+        Some(s) => {
+            c.error(
+                &raw.site.subnet,
+                format!("site.subnet {s} has a /{} prefix, expected /8 to /24", s.prefix),
+                "the subnet must hold every node, the VIP, the supervisor and the client: use a /24 such as \"10.77.0.0/24\"",
+            );
+            None
+        }
+        None => {
+            c.error(
+                &raw.site.subnet,
+                format!(
+                    "site.subnet `{}` is not an IPv4 network",
+                    raw.site.subnet.get_ref()
+                ),
+                "write an address with its prefix length and zero host bits, e.g. \"10.77.0.0/24\"",
+            );
+            None
+        }
+    };
+    // Isolated and hosts modes: every address must be a host of the subnet; in
+    // isolated mode the last two hosts are the supervisor's and the client's.
+    let outside = |a: Ipv4Addr| -> Option<String> {
+        let net = subnet?;
+        let m = mode?;
+        if m == Mode::Loopback {
+            return None;
+        }
+        if !net.has_host(a) {
+            return Some(format!("{a} is not a host address of site.subnet {net}"));
+        }
+        let last = net.last_host()?;
+        let client = net.host(u32::from(last) - u32::from(net.network) - 1)?;
+        (m == Mode::Isolated && (a == last || a == client)).then(|| {
+            format!("{a} is reserved in isolated mode ({last} is the supervisor's, {client} the client's)")
+        })
     };
     if raw.site.name.get_ref().trim().is_empty() {
         c.error(
@@ -398,6 +441,13 @@ pub(crate) fn validate(
             &raw.vip.address,
             format!("in loopback mode the VIP must be a 127.x.y.z address, found {vip}"),
             "pick an unused loopback address such as \"127.0.0.100\"",
+        );
+    }
+    if let Some(why) = vip.and_then(outside) {
+        c.error(
+            &raw.vip.address,
+            format!("the VIP: {why}"),
+            "pick an unused host address of site.subnet for the VIP",
         );
     }
     c.positive(&raw.vip.port, "the VIP's port");
@@ -556,6 +606,13 @@ pub(crate) fn validate(
                     "give each node its own loopback address, e.g. \"127.0.2.1\"",
                 );
             }
+            if let Some(why) = outside(a) {
+                c.error(
+                    &n.address,
+                    format!("node `{name}`: {why}"),
+                    "give each node a host address of site.subnet",
+                );
+            }
             if Some(a) == vip {
                 c.error(
                     &n.address,
@@ -664,7 +721,11 @@ pub(crate) fn validate(
     Ok(Topology {
         source: file.to_path_buf(),
         site: raw.site.name.into_inner(),
-        mode: Mode::Loopback,
+        mode: mode.unwrap_or(Mode::Loopback),
+        subnet: subnet.unwrap_or(Subnet {
+            network: Ipv4Addr::new(10, 77, 0, 0),
+            prefix: 24,
+        }),
         state_dir: PathBuf::from(raw.site.state_dir),
         vip,
         http_port: raw.vip.port.into_inner(),
@@ -680,6 +741,7 @@ pub(crate) fn validate(
             vrid: raw.vrrp.vrid.into_inner(),
             advert_interval_cs: adv,
             preempt: raw.vrrp.preempt,
+            unicast: raw.vrrp.unicast,
         },
         health: HealthSettings {
             interval: Duration::from_millis(*h.interval_ms.get_ref()),

@@ -226,11 +226,98 @@ fn non_loopback_address_in_loopback_mode() {
 }
 
 #[test]
-fn unsupported_mode() {
-    let text = edited("mode = \"loopback\"", "mode = \"isolated\"");
-    one_error_at(&text, line_of(&text, "mode = "), "not supported");
+fn unknown_mode() {
     let text = edited("mode = \"loopback\"", "mode = \"cloud\"");
     one_error_at(&text, line_of(&text, "mode = "), "unknown mode");
+}
+
+/// The default topology written for isolated mode: nodes and VIP in 10.77.0.0/24.
+fn isolated_text() -> String {
+    let mut text = DEFAULT_TOPOLOGY.replace("mode = \"loopback\"", "mode = \"isolated\"");
+    text = text.replace("\"127.0.0.100\"", "\"10.77.0.100\"");
+    for (i, a) in [
+        "127.0.1.1",
+        "127.0.1.2",
+        "127.0.2.1",
+        "127.0.2.2",
+        "127.0.3.1",
+        "127.0.3.2",
+        "127.0.4.1",
+        "127.0.4.2",
+        "127.0.4.3",
+    ]
+    .iter()
+    .enumerate()
+    {
+        text = text.replace(&format!("\"{a}\""), &format!("\"10.77.0.{}\"", i + 1));
+    }
+    text
+}
+
+#[test]
+fn isolated_mode_takes_addresses_of_its_subnet() {
+    let t = parse(&isolated_text(), Path::new("t.toml")).expect("valid");
+    assert_eq!(t.mode, Mode::Isolated);
+    assert_eq!(t.subnet.to_string(), "10.77.0.0/24");
+    assert_eq!(t.supervisor_address(), Some(Ipv4Addr::new(10, 77, 0, 254)));
+    assert_eq!(t.client_address(), Some(Ipv4Addr::new(10, 77, 0, 253)));
+
+    let text = isolated_text().replace("\"10.77.0.3\"", "\"10.78.0.3\"");
+    one_error_at(
+        &text,
+        line_of(&text, "10.78.0.3"),
+        "not a host address of site.subnet",
+    );
+    let text = isolated_text().replace("\"10.77.0.3\"", "\"10.77.0.254\"");
+    one_error_at(
+        &text,
+        line_of(&text, "10.77.0.254"),
+        "reserved in isolated mode",
+    );
+    let text = isolated_text().replace("\"10.77.0.100\"", "\"127.0.0.100\"");
+    one_error_at(
+        &text,
+        line_of(&text, "127.0.0.100"),
+        "the VIP: 127.0.0.100 is not a host",
+    );
+}
+
+#[test]
+fn the_subnet_must_be_a_network() {
+    let text = edited("subnet = \"10.77.0.0/24\"", "subnet = \"10.77.0.1/24\"");
+    one_error_at(&text, line_of(&text, "subnet = "), "is not an IPv4 network");
+    let text = edited("subnet = \"10.77.0.0/24\"", "subnet = \"10.77.0.0/30\"");
+    one_error_at(&text, line_of(&text, "subnet = "), "expected /8 to /24");
+}
+
+#[test]
+fn a_loopback_topology_is_placed_in_the_subnet_for_isolated_mode() {
+    let t = Topology::default_topology().isolated().expect("isolated");
+    assert_eq!(t.mode, Mode::Isolated);
+    assert_eq!(t.vip, Ipv4Addr::new(10, 77, 0, 100));
+    let addrs: Vec<String> = t.nodes.iter().map(|n| n.address.to_string()).collect();
+    assert_eq!(addrs[0], "10.77.0.1", "file order");
+    assert_eq!(addrs[8], "10.77.0.9");
+    // An isolated topology keeps its addresses.
+    let again = t.isolated().expect("isolated");
+    assert_eq!(again, t);
+}
+
+#[test]
+fn subnet_arithmetic() {
+    let n = Subnet::parse("10.0.0.0/24").expect("net");
+    assert!(n.has_host(Ipv4Addr::new(10, 0, 0, 1)));
+    assert!(!n.has_host(Ipv4Addr::new(10, 0, 0, 0)), "network address");
+    assert!(
+        !n.has_host(Ipv4Addr::new(10, 0, 0, 255)),
+        "broadcast address"
+    );
+    assert!(!n.has_host(Ipv4Addr::new(10, 0, 1, 1)));
+    assert_eq!(n.host(100), Some(Ipv4Addr::new(10, 0, 0, 100)));
+    assert_eq!(n.host(255), None);
+    assert_eq!(n.last_host(), Some(Ipv4Addr::new(10, 0, 0, 254)));
+    assert_eq!(Subnet::parse("10.0.0.0/33"), None);
+    assert_eq!(Subnet::parse("10.0.0.0"), None);
 }
 
 #[test]

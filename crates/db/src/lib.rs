@@ -168,6 +168,7 @@ pub async fn run(
     let hosts = |role| -> Vec<String> {
         match topo.mode {
             hastack_config::Mode::Loopback => vec!["127.0.0.1".to_string()],
+            hastack_config::Mode::Isolated | hastack_config::Mode::Hosts => Vec::new(),
         }
         .into_iter()
         .chain(topo.tier(role).map(|n| n.address.to_string()))
