@@ -167,7 +167,7 @@ pub struct Ports {
 }
 
 /// VRRP settings of the lb tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VrrpSettings {
     /// Virtual router id, 1..=255.
     pub vrid: u8,
@@ -179,6 +179,15 @@ pub struct VrrpSettings {
     /// VRRP multicast group 224.0.0.18 (for networks without multicast, as keepalived's
     /// `unicast_peer`). Loopback mode always sends to each peer.
     pub unicast: bool,
+    /// How long a higher-priority backup waits, after it starts or sees a lower-priority
+    /// master, before it preempts (keepalived's `preempt_delay`). Zero: at once.
+    pub preempt_delay: Duration,
+    /// A command run with `INSTANCE STATE PRIORITY` arguments at each state change, one
+    /// at a time and in order (keepalived's `notify`).
+    pub notify: Option<String>,
+    /// Authenticate adverts with an HMAC keyed by `<state_dir>/secrets/vrrp.key` (only
+    /// between hastack nodes: keepalived does not speak it).
+    pub authenticate: bool,
 }
 
 /// Active health checks of an upstream pool.

@@ -42,6 +42,9 @@ vrid = 51
 advert_interval = 10       # centiseconds: 0.1 s adverts, takeover in about 0.35 s
 preempt = true
 unicast = false            # isolated/hosts: adverts to each peer instead of 224.0.0.18
+preempt_delay_ms = 0       # a higher-priority backup waits this long before taking over
+# notify = "/usr/local/bin/on-vrrp"  # run with INSTANCE STATE PRIORITY at each change, in order
+authenticate = false       # HMAC on adverts, key in <state_dir>/secrets/vrrp.key (hastack peers only)
 
 [health]
 interval_ms = 200
@@ -197,6 +200,9 @@ struct RawVrrp {
     advert_interval: Spanned<u16>,
     preempt: bool,
     unicast: bool,
+    preempt_delay_ms: Spanned<u64>,
+    notify: Option<String>,
+    authenticate: bool,
 }
 
 impl Default for RawVrrp {
@@ -206,6 +212,9 @@ impl Default for RawVrrp {
             advert_interval: Spanned::new(0..0, 10),
             preempt: true,
             unicast: false,
+            preempt_delay_ms: Spanned::new(0..0, 0),
+            notify: None,
+            authenticate: false,
         }
     }
 }
@@ -742,6 +751,9 @@ pub(crate) fn validate(
             advert_interval_cs: adv,
             preempt: raw.vrrp.preempt,
             unicast: raw.vrrp.unicast,
+            preempt_delay: Duration::from_millis(*raw.vrrp.preempt_delay_ms.get_ref()),
+            notify: raw.vrrp.notify.filter(|n| !n.trim().is_empty()),
+            authenticate: raw.vrrp.authenticate,
         },
         health: HealthSettings {
             interval: Duration::from_millis(*h.interval_ms.get_ref()),
