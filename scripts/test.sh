@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs hastack's tests: unit tests, and integration tests that drive the real binary
 # (a whole stack with real MariaDB servers on loopback addresses, and the site in a
-# real headless Chromium).
+# real headless Chromium), and system tests that run the stack isolated (a network
+# namespace per node, nftables, VRRP on the wire, keepalived as a peer).
 #
 # On a fresh Debian machine it first installs what the tests need (as root).
 set -euo pipefail
@@ -13,6 +14,9 @@ command -v mariadb-install-db >/dev/null 2>&1 || need+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)            # tests read servers directly
 command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-backup)     # hastack db rebuild
 [ -x /usr/bin/chromium ] || need+=(chromium)   # the browser test drives a real Chromium
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)          # isolated mode: namespaces
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)        # isolated mode: firewalls
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)  # VRRP interop test
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -47,8 +47,14 @@ pub(crate) struct Response {
 pub(crate) struct StatusReport {
     /// Site name.
     pub(crate) site: String,
-    /// Site URL through the VIP.
+    /// Site URL through the VIP (in isolated mode: as seen from the client namespace).
     pub(crate) url: String,
+    /// `loopback` or `isolated`.
+    #[serde(default)]
+    pub(crate) mode: String,
+    /// Isolated mode: the client's network namespace (`hastack exec client -- CMD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client_netns: Option<String>,
     /// State directory.
     pub(crate) state_dir: String,
     /// `mariadb` or `sqlite`.
@@ -66,6 +72,9 @@ pub(crate) struct NodeStatus {
     pub(crate) role: String,
     /// Address.
     pub(crate) address: String,
+    /// Isolated mode: the node's network namespace (`hastack exec NODE -- CMD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) netns: Option<String>,
     /// `running`, `starting`, `stopped`, `killed`, `exited: …`, `not started`.
     pub(crate) state: String,
     /// Process id while it runs.
@@ -136,6 +145,22 @@ fn command(
     } else {
         anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()))
     }
+}
+
+/// `down`: stops the running stack; with none running, removes the network namespaces
+/// a crashed isolated stack of this state directory left behind.
+pub(crate) fn down(config: &ConfigArg) -> anyhow::Result<ExitCode> {
+    let state_dir = target(config)?;
+    if UnixStream::connect(socket_path(&state_dir)).is_err() {
+        let net = crate::netns::Network::of(&state_dir);
+        if net.exists() {
+            let n = net.destroy();
+            let _ = std::fs::remove_file(crate::isolated_marker(&state_dir));
+            println!("no running stack; removed {n} network namespaces left by a crashed one");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    command(config, "down", "", None)
 }
 
 /// `db rebuild NODE [--from SOURCE]`.
@@ -256,6 +281,12 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
         "\nsite: {} → {}   database: {}\n",
         r.site, r.url, r.db_engine
     ));
+    if let Some(ns) = &r.client_netns {
+        out.push_str(&format!(
+            "isolated: every node in its own network namespace; from the client ({ns}): hastack exec client -- curl -s {}\n",
+            r.url
+        ));
+    }
     if let Some(f) = last_failover(r) {
         let field = |k: &str| {
             f.get(k)

@@ -4,14 +4,20 @@
 //! - `node NAME` runs one node (what `up` spawns and what systemd would run) ([`node`]);
 //! - `status`, `stop`, `start`, `kill`, `down`, `db rebuild` talk to a running `up`
 //!   ([`control`]);
-//! - `drill db-failover` injects a failure under traffic and reports ([`drill`]);
+//! - `drill db-failover` and `drill lb-failover` inject a failure under traffic and
+//!   report what users saw ([`drill`], [`drill_lb`]);
+//! - `exec NODE -- CMD` runs a command in a node's namespace of an isolated stack
+//!   ([`netns`] makes them);
 //! - `check` validates a topology file, `config` prints the built-in one.
 
 mod control;
 mod drill;
+mod drill_lb;
 mod http_get;
+mod netns;
 mod node;
 mod supervisor;
+mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +55,10 @@ enum Cmd {
     Up {
         #[command(flatten)]
         config: ConfigArg,
+        /// Every node in a network namespace of its own, on a bridge, firewalled per
+        /// tier; real VRRP and a real VIP (root; needs iproute2 and nftables).
+        #[arg(long)]
+        isolated: bool,
     },
     /// Run one node of the topology.
     Node {
@@ -62,6 +72,34 @@ enum Cmd {
         /// App nodes: keep data in this SQLite file instead of the MariaDB tier.
         #[arg(long, value_name = "FILE")]
         sqlite: Option<PathBuf>,
+        /// Run as a node of `hastack up --isolated` (a loopback topology's nodes are
+        /// placed in site.subnet).
+        #[arg(long)]
+        isolated: bool,
+    },
+    /// Print the systemd unit that runs node NAME on its own server (mode "hosts").
+    Systemd {
+        /// The node's name in the topology.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where the hastack binary is installed on the server.
+        #[arg(long, value_name = "PATH", default_value = "/usr/local/bin/hastack")]
+        exe: PathBuf,
+        /// The node's state directory on the server.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/hastack")]
+        state_dir: PathBuf,
+    },
+    /// Run a command in a node's (or the client's) network namespace of an isolated
+    /// stack, e.g. `hastack exec client -- curl -s http://10.77.0.100:8080/`.
+    Exec {
+        /// A node's name, or `client`.
+        node: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Validate a topology file.
     Check {
@@ -133,6 +171,19 @@ enum DbOp {
 
 #[derive(Subcommand)]
 enum Drill {
+    /// Take the master lb away under traffic from the client namespace (its link cut,
+    /// its process killed, a graceful stop), each followed by its return; report the
+    /// outage and failed requests the client saw (isolated stacks).
+    LbFailover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The faults, in order.
+        #[arg(long, value_delimiter = ',', default_value = "link,kill,stop")]
+        faults: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// SIGKILL the database primary under writes and reads; start it again; report write
     /// and read gaps, acknowledged writes lost, duplicates, and the old primary's rejoin.
     DbFailover {
@@ -147,12 +198,80 @@ enum Drill {
     },
 }
 
-/// Loads the topology named by `--config`, or the built-in one.
+/// Loads the topology named by `--config`, or the built-in one — as the running stack
+/// sees it: placed in its subnet when it runs isolated.
 fn load(config: &ConfigArg) -> anyhow::Result<Topology> {
-    match &config.config {
-        Some(path) => Topology::load(path).map_err(|e| anyhow::anyhow!("{e}")),
-        None => Ok(Topology::default_topology()),
+    let topo = match &config.config {
+        Some(path) => Topology::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Topology::default_topology(),
+    };
+    if topo.mode == hastack_config::Mode::Loopback && isolated_marker(&state_dir(&topo)?).exists() {
+        return topo.isolated().map_err(|e| anyhow::anyhow!("{e}"));
     }
+    Ok(topo)
+}
+
+/// The file whose presence says the stack of this state directory runs isolated.
+fn isolated_marker(state_dir: &Path) -> PathBuf {
+    state_dir.join("isolated")
+}
+
+/// `hastack systemd NAME`: prints the node's unit file.
+fn systemd(
+    config: &ConfigArg,
+    node: &str,
+    exe: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let topo = load(config)?;
+    let n = topo
+        .node(node)
+        .with_context(|| format!("no node `{node}` in {}", topo.source.display()))?;
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let file = match &config.config {
+        Some(p) => absolute(&cwd, p),
+        None => anyhow::bail!(
+            "give the topology file the server will read: hastack systemd {node} --config /etc/hastack/hastack.toml"
+        ),
+    };
+    print!(
+        "{}",
+        systemd::unit(
+            &topo,
+            n,
+            &absolute(&cwd, exe),
+            &file,
+            &absolute(&cwd, state_dir)
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hastack exec NODE -- CMD`: runs CMD in the node's network namespace.
+fn exec(config: &ConfigArg, node: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let topo = load(config)?;
+    if node != "client" && topo.node(node).is_none() {
+        anyhow::bail!(
+            "no node `{node}` in {} (name a node, or `client`)",
+            topo.source.display()
+        );
+    }
+    let net = netns::Network::of(&state_dir(&topo)?);
+    let path = net.path(node);
+    let ns = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "no isolated stack runs here: {} is missing (start one with `hastack up --isolated`)",
+            path.display()
+        )
+    })?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering {}", path.display()))?;
+    let (prog, args) = command
+        .split_first()
+        .context("no command given: hastack exec NODE -- CMD [ARGS…]")?;
+    let err = std::process::Command::new(prog).args(args).exec();
+    Err(anyhow::anyhow!("running {prog}: {err}"))
 }
 
 /// The topology's state directory, absolute.
@@ -177,21 +296,41 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { config } => check(&config),
-        Cmd::Up { config } => supervisor::up(&config.config),
+        Cmd::Up { config, isolated } => supervisor::up(&config.config, isolated),
         Cmd::Node {
             name,
             config,
             state_dir,
             sqlite,
-        } => node::main(&name, &config.config, state_dir, sqlite),
+            isolated,
+        } => node::main(&name, &config.config, state_dir, sqlite, isolated),
+        Cmd::Exec {
+            node,
+            config,
+            command,
+        } => exec(&config, &node, &command),
+        Cmd::Systemd {
+            node,
+            config,
+            exe,
+            state_dir,
+        } => systemd(&config, &node, &exe, &state_dir),
         Cmd::Status { config, json } => control::status(&config, json),
         Cmd::Stop { node, config } => control::simple(&config, "stop", &node),
         Cmd::Start { node, config } => control::simple(&config, "start", &node),
         Cmd::Kill { node, config } => control::simple(&config, "kill", &node),
-        Cmd::Down { config } => control::simple(&config, "down", ""),
+        Cmd::Down { config } => control::down(&config),
         Cmd::Db {
             op: DbOp::Rebuild { node, from, config },
         } => control::rebuild(&config, &node, from),
+        Cmd::Drill {
+            drill:
+                Drill::LbFailover {
+                    config,
+                    faults,
+                    json,
+                },
+        } => load(&config).and_then(|t| drill_lb::lb_failover(&t, &faults, json)),
         Cmd::Drill {
             drill:
                 Drill::DbFailover {

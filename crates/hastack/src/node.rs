@@ -24,6 +24,7 @@ pub(crate) fn main(
     config: &Option<PathBuf>,
     state_dir: Option<PathBuf>,
     sqlite: Option<PathBuf>,
+    isolated: bool,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -36,9 +37,12 @@ pub(crate) fn main(
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    let topo = crate::load(&crate::ConfigArg {
+    let mut topo = crate::load(&crate::ConfigArg {
         config: config.clone(),
     })?;
+    if isolated {
+        topo = topo.isolated().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let node = topo
         .node(name)
         .with_context(|| format!("no node `{name}` in {}", topo.source.display()))?

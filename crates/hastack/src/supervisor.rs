@@ -9,6 +9,9 @@
 //!   supervisor takes them down; each db node in turn takes its `mariadbd`.
 //! - A node that dies stays down and is shown so; only `hastack start` restarts it.
 //! - Every wait has a deadline.
+//! - In isolated mode every node runs in its own network namespace ([`crate::netns`]),
+//!   created before the first node starts and removed after the last one stopped (and,
+//!   if the supervisor crashed, by the next `up` or `down`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use hastack_config::{Node, Role, Topology};
 
 use crate::control::{self, NodeStatus, Request, Response, StatusReport};
 use crate::http_get;
+use crate::netns::{self, Network};
 
 /// How long a tier may take to become ready.
 fn ready_deadline(role: Role) -> Duration {
@@ -95,6 +99,8 @@ struct Supervisor {
     config_path: PathBuf,
     state_dir: PathBuf,
     sqlite: Option<PathBuf>,
+    /// Isolated mode: the nodes' network namespaces.
+    network: Option<Network>,
     slots: Mutex<Vec<Slot>>,
     /// Signalled whenever a child exits.
     exited: Notify,
@@ -104,11 +110,21 @@ struct Supervisor {
     ready: AtomicBool,
 }
 
-/// Runs `hastack up`.
-pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let topo = crate::load(&crate::ConfigArg {
+/// Runs `hastack up` (`isolated`: `--isolated`).
+pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<ExitCode> {
+    let mut topo = crate::load(&crate::ConfigArg {
         config: config.clone(),
     })?;
+    if topo.mode == hastack_config::Mode::Hosts {
+        anyhow::bail!(
+            "{} is in mode \"hosts\": each node runs on its own server with `hastack node NAME --config FILE` (docs/deploy.md); `hastack up` runs a topology on this machine (mode \"loopback\", or --isolated)",
+            topo.source.display()
+        );
+    }
+    if isolated || topo.mode == hastack_config::Mode::Isolated {
+        netns::check_prerequisites()?;
+        topo = topo.isolated().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let state_dir = crate::state_dir(&topo)?;
     std::fs::create_dir_all(state_dir.join("logs"))
         .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -126,6 +142,21 @@ pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
         );
     }
     let _ = std::fs::remove_file(&sock);
+    let network = if topo.mode == hastack_config::Mode::Isolated {
+        let net = Network::of(&state_dir);
+        println!(
+            "hastack: isolated mode — a network namespace per node on {} (the client's is {}), firewalled per tier",
+            topo.subnet,
+            net.namespace("client")
+        );
+        net.create(&topo)?;
+        std::fs::write(crate::isolated_marker(&state_dir), net.namespace("client"))
+            .context("writing the isolated-mode marker")?;
+        Some(net)
+    } else {
+        let _ = std::fs::remove_file(crate::isolated_marker(&state_dir));
+        None
+    };
 
     let cwd = std::env::current_dir()?;
     let config_path = match config {
@@ -166,6 +197,7 @@ pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
         config_path,
         state_dir,
         sqlite,
+        network,
         slots: Mutex::new(slots),
         exited: Notify::new(),
         done: Notify::new(),
@@ -176,10 +208,24 @@ pub(crate) fn up(config: &Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(sup.run())
+    let result = rt.block_on(sup.clone().run());
+    sup.remove_network();
+    result
 }
 
 impl Supervisor {
+    /// Isolated mode: removes the nodes' namespaces (once every node has stopped);
+    /// returns how many were removed.
+    fn remove_network(&self) -> Option<usize> {
+        let net = self.network.as_ref()?;
+        let n = net.destroy();
+        let _ = std::fs::remove_file(crate::isolated_marker(&self.state_dir));
+        if n > 0 {
+            println!("hastack: removed the {n} network namespaces of the stack");
+        }
+        Some(n)
+    }
+
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         // A panic while holding this lock is a bug; keep serving with the data as is.
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
@@ -370,6 +416,13 @@ impl Supervisor {
             .process_group(0);
         if let (Some(db), Some(Role::App)) = (&self.sqlite, self.role_of(name)) {
             cmd.arg("--sqlite").arg(db);
+        }
+        if let Some(net) = &self.network {
+            cmd.arg("--isolated");
+            let path = net.path(name);
+            let ns = std::fs::File::open(&path)
+                .map_err(|e| format!("network namespace {}: {e}", path.display()))?;
+            hastack_runtime::child::enter_netns(&mut cmd, ns);
         }
         hastack_runtime::child::die_with_parent(&mut cmd, Signal::SIGTERM);
         let mut child = cmd
@@ -590,6 +643,7 @@ impl Supervisor {
                 let h = health.remove(&node.name);
                 NodeStatus {
                     admin: format!("http://{}/healthz", self.admin_addr(&node)),
+                    netns: self.network.as_ref().map(|n| n.namespace(&node.name)),
                     name: node.name,
                     role: node.role.to_string(),
                     address: node.address.to_string(),
@@ -603,6 +657,8 @@ impl Supervisor {
         StatusReport {
             site: self.topo.site.clone(),
             url: self.topo.site_url(),
+            mode: self.topo.mode.as_str().to_string(),
+            client_netns: self.network.as_ref().map(|n| n.namespace("client")),
             state_dir: self.state_dir.display().to_string(),
             db_engine: if self.sqlite.is_some() {
                 "sqlite".into()
@@ -679,8 +735,12 @@ impl Supervisor {
             "down" => {
                 println!("hastack: down requested; stopping (lb, web, app, db)");
                 self.stop_all().await;
+                let removed = self.remove_network();
                 self.done.notify_one();
-                done(Ok("all nodes stopped".into()))
+                done(Ok(match removed {
+                    Some(n) => format!("all nodes stopped; {n} network namespaces removed"),
+                    None => "all nodes stopped".into(),
+                }))
             }
             other => done(Err(format!("unknown command `{other}`"))),
         }

@@ -30,3 +30,20 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command, signal: Signal) {
         });
     }
 }
+
+/// Makes the child of `cmd` run in the network namespace `netns` (an open
+/// `/run/netns/NAME`): every socket it opens, and every process it starts, lives there.
+#[allow(unsafe_code)]
+pub fn enter_netns(cmd: &mut tokio::process::Command, netns: std::fs::File) {
+    use std::os::fd::AsFd;
+    // SAFETY: the closure runs in the child between fork and exec. It only makes the
+    // async-signal-safe system call setns(2) on a descriptor opened before the fork
+    // (owned by the closure, so it stays open until the exec, which closes it: it was
+    // opened with O_CLOEXEC) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))
+        });
+    }
+}

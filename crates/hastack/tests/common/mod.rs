@@ -118,6 +118,63 @@ pub struct Options {
     pub sqlite: bool,
 }
 
+/// Fails (never skips) when isolated mode cannot run here, saying what to install.
+pub fn require_isolated() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs an isolated stack (network namespaces, nftables): run the tests as root (CI does)"
+    );
+    for (prog, pkg) in [("ip", "iproute2"), ("nft", "nftables")] {
+        assert!(
+            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(prog).exists()),
+            "this test needs `{prog}`: apt-get install -y {pkg} (scripts/test.sh does)"
+        );
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (a name under /run/netns):
+/// every socket it opens lives there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// The IPv4 addresses of network namespace `ns` (`ip -n NS -4 -o addr`).
+pub fn netns_addresses(ns: &str) -> Vec<Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show"])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.position(|x| x == "inet")?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The network namespaces that exist now.
+pub fn namespaces() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A running `hastack up`.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -128,11 +185,62 @@ pub struct Stack {
     pub web_port: u16,
     pub child: Option<Child>,
     pub output: Arc<Mutex<String>>,
+    /// Isolated mode: nodes in 10.a.b.0/24, each in a network namespace.
+    pub isolated: bool,
 }
 
 impl Stack {
     pub fn addr(&self, host: u8) -> Ipv4Addr {
-        Ipv4Addr::new(127, self.net.0, self.net.1, host)
+        let first = if self.isolated { 10 } else { 127 };
+        Ipv4Addr::new(first, self.net.0, self.net.1, host)
+    }
+
+    /// Starts an isolated stack (mode = "isolated", 10.a.b.0/24) after `edit`.
+    pub fn up_isolated(edit: impl FnOnce(String) -> String) -> Stack {
+        require_isolated();
+        require_mariadb();
+        Stack::up_edited(Options { sqlite: false }, |text| {
+            let (a, b) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("address = \"127."))
+                .and_then(|rest| {
+                    let mut it = rest.split('.');
+                    Some((it.next()?.to_string(), it.next()?.to_string()))
+                })
+                .expect("a loopback address in the topology");
+            let text = text
+                .replace(
+                    "mode = \"loopback\"",
+                    &format!("mode = \"isolated\"\nsubnet = \"10.{a}.{b}.0/24\""),
+                )
+                .replace(&format!("\"127.{a}.{b}."), &format!("\"10.{a}.{b}."));
+            edit(text)
+        })
+        .into_isolated()
+    }
+
+    fn into_isolated(mut self) -> Stack {
+        self.isolated = true;
+        self
+    }
+
+    /// Isolated mode: the network namespace of a node (or `client`), from `status`.
+    pub fn netns(&self, node: &str) -> String {
+        let st = self.status();
+        if node == "client" {
+            return st["client_netns"]
+                .as_str()
+                .expect("client_netns")
+                .to_string();
+        }
+        st["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["netns"].as_str())
+            .unwrap_or_else(|| panic!("no netns for {node}: {st}"))
+            .to_string()
     }
 
     pub fn vip(&self) -> SocketAddr {
@@ -258,6 +366,7 @@ address = "{db3}"
             web_port: web,
             child: None,
             output: Arc::new(Mutex::new(String::new())),
+            isolated: false,
         }
     }
 

@@ -1,0 +1,112 @@
+//! Isolated mode: every node in a network namespace of its own on a bridge, firewalled
+//! per tier. The VIP is a real address on the master lb's interface and moves with
+//! VRRP (IP protocol 112); the client namespace reaches the site only through it; a
+//! crashed supervisor's namespaces are removed by `hastack down`.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Stack, eventually, http, in_netns, namespaces, netns_addresses};
+
+/// Which lb namespaces hold the VIP now.
+fn vip_holders(stack: &Stack) -> Vec<&'static str> {
+    ["lb1", "lb2"]
+        .into_iter()
+        .filter(|n| netns_addresses(&stack.netns(n)).contains(&stack.addr(100)))
+        .collect()
+}
+
+/// A GET / through the VIP from the client namespace: the lb that served it.
+fn served_by_from_client(stack: &Stack) -> Option<String> {
+    let vip = stack.vip();
+    in_netns(&stack.netns("client"), move || {
+        let r = http(vip, "GET", "/", &[], "").ok()?;
+        (r.status == 200).then(|| r.header("x-served-by").unwrap_or("").to_string())
+    })
+}
+
+/// Whether a TCP connection from the client namespace to `addr` gets through.
+fn client_reaches(stack: &Stack, addr: SocketAddr) -> bool {
+    in_netns(&stack.netns("client"), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+    })
+}
+
+#[test]
+fn the_vip_moves_between_namespaces_and_the_client_reaches_only_the_vip() {
+    let mut stack = Stack::up_isolated(|t| t);
+    let st = stack.status();
+    assert_eq!(st["mode"], "isolated", "{st}");
+    assert_eq!(st["url"], format!("http://{}/", stack.vip()), "{st}");
+    for n in ["lb1", "lb2", "web1", "app1", "db1", "client"] {
+        let ns = stack.netns(n);
+        assert!(namespaces().contains(&ns), "{ns} exists");
+    }
+    // Each node's address is in its own namespace only.
+    assert!(netns_addresses(&stack.netns("web1")).contains(&stack.addr(21)));
+    assert!(!netns_addresses(&stack.netns("web2")).contains(&stack.addr(21)));
+
+    // The VIP is on lb1 (priority 150) only, and the client gets the site through it.
+    eventually("the VIP on lb1 only", Duration::from_secs(10), || {
+        (vip_holders(&stack) == ["lb1"]).then_some(())
+    });
+    let by = served_by_from_client(&stack).expect("the site from the client namespace");
+    assert!(by.starts_with("lb1"), "{by}");
+
+    // The firewalls: only the arrows of the picture are open.
+    let a = |node: &str, port: u16| SocketAddr::from((stack.addr(common::host_of(node)), port));
+    let (web, app, db) = (stack.web_port, app_port(&stack), 3306);
+    assert!(!client_reaches(&stack, a("web1", web)), "client → web");
+    assert!(!client_reaches(&stack, a("app1", app)), "client → app");
+    assert!(!client_reaches(&stack, a("db1", db)), "client → db");
+    assert!(
+        !client_reaches(&stack, a("web1", stack.admin_port)),
+        "client → admin port"
+    );
+    // The admin ports answer the supervisor (this process, in the root namespace).
+    assert!(stack.health("db1").is_some());
+
+    // lb1 dies: lb2 takes the VIP over; the client is served by lb2.
+    stack.ctl_ok(&["kill", "lb1"]);
+    eventually("the VIP on lb2 only", Duration::from_secs(5), || {
+        (vip_holders(&stack) == ["lb2"]).then_some(())
+    });
+    let by = eventually("lb2 to serve the client", Duration::from_secs(5), || {
+        served_by_from_client(&stack).filter(|b| b.starts_with("lb2"))
+    });
+    assert!(by.contains("web"), "{by}");
+    // lb1 returns and preempts (priority 150 > 100): the VIP is on lb1 only again.
+    stack.ctl_ok(&["start", "lb1"]);
+    eventually("the VIP back on lb1 only", Duration::from_secs(10), || {
+        (vip_holders(&stack) == ["lb1"]).then_some(())
+    });
+
+    // The supervisor crashes: its nodes go with it, the namespaces stay behind until
+    // `hastack down` removes them.
+    let ours: Vec<String> = ["lb1", "db1", "client"]
+        .into_iter()
+        .map(|n| stack.netns(n))
+        .collect();
+    let child = stack.child.as_mut().expect("child");
+    child.kill().expect("kill the supervisor");
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ours.iter().all(|ns| namespaces().contains(ns)));
+    let out = stack.ctl_ok(&["down"]);
+    assert!(out.contains("removed"), "{out}");
+    let left: Vec<String> = namespaces()
+        .into_iter()
+        .filter(|n| ours.contains(n))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn app_port(stack: &Stack) -> u16 {
+    let text = std::fs::read_to_string(&stack.config).expect("topology");
+    text.lines()
+        .find_map(|l| l.strip_prefix("app = "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("ports.app")
+}
