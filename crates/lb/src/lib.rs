@@ -1,23 +1,34 @@
 //! The load balancer node: VRRP decides whether this node holds the VIP; while it does,
 //! it listens on VIP:port and balances requests over the healthy web nodes.
 //!
+//! VRRP runs on a thread of its own (`hastack_vrrp::runner::start`), so a proxy
+//! saturated by traffic cannot delay adverts. In loopback mode adverts travel in UDP
+//! and holding the VIP means listening on the 127.x VIP; in isolated and hosts modes
+//! they are IP protocol 112 and the master also adds the VIP to its interface and
+//! announces it with gratuitous ARP.
+//!
+//! The lb's own health is tracked: while its pool has no healthy web node, it is in
+//! FAULT and hands the VIP to a peer that can serve; a VIP it cannot listen on does the
+//! same. `/healthz` answers 503 then, with the reason.
+//!
 //! The VIP listener is opened with `SO_REUSEPORT`, so during a hand-over the new master
 //! can bind before the old one has let go; the old one stops accepting and drains its
 //! open requests. The admin port (`/healthz`, `/metrics`) is on the node's own address,
 //! so a backup answers too.
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hastack_config::{Role, Topology};
+use hastack_config::{Mode, Role, Topology};
 use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
-use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
-use hastack_vrrp::{Machine, Stats, UdpTransport, VipHook};
+use hastack_runtime::{Admin, BindError, HealthProbe, HealthReport, bind_tcp};
+use hastack_vrrp::auth::{Key, KeyError};
+use hastack_vrrp::{Health, Network, Setup, StartError, State, Stats, VipHook};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::info;
 
 /// Why an lb node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +39,25 @@ pub enum LbError {
     /// A socket could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// VRRP could not start (its sockets, the interface, the netlink socket).
+    #[error(transparent)]
+    Vrrp(#[from] StartError),
+    /// `vrrp.authenticate` is on and the key cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
-/// Opens and closes the VIP listener as VRRP decides.
+/// Where the VRRP key of a topology lives: `<state_dir>/secrets/vrrp.key`.
+pub fn vrrp_key_path(topo: &Topology) -> PathBuf {
+    topo.state_dir.join("secrets").join("vrrp.key")
+}
+
+/// Opens and closes the VIP listener as VRRP decides. Called on the VRRP thread; the
+/// listener and its connections live on the node's main runtime (`rt`).
 struct VipListener {
     vip: SocketAddr,
     proxy: Arc<Proxy>,
+    rt: tokio::runtime::Handle,
     stop: Option<watch::Sender<bool>>,
     /// The VIP server, kept so a stopping node can let it drain.
     task: Option<tokio::task::JoinHandle<()>>,
@@ -50,30 +74,20 @@ impl VipListener {
 }
 
 impl VipHook for VipListener {
-    fn take(&mut self) {
+    fn take(&mut self) -> std::io::Result<()> {
         if self.stop.is_some() {
-            return;
+            return Ok(());
         }
-        let (tx, mut rx) = watch::channel(false);
+        // Registered with the main runtime's reactor, not the VRRP thread's.
+        let listener = {
+            let _rt = self.rt.enter();
+            bind_tcp(self.vip, "vip", true)
+                .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))?
+        };
+        let (tx, rx) = watch::channel(false);
         let proxy = self.proxy.clone();
         let vip = self.vip;
-        self.task = Some(tokio::spawn(async move {
-            // The VIP's port may be held by someone else for a moment (or for good, by
-            // another user's process): keep trying, loudly, until released.
-            let mut delay = Duration::from_millis(20);
-            let listener = loop {
-                match bind_tcp(vip, "vip", true) {
-                    Ok(l) => break l,
-                    Err(e) => {
-                        error!(%vip, error = %e, "cannot listen on the VIP; retrying in {delay:?}");
-                        tokio::select! {
-                            _ = rx.changed() => return,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(Duration::from_secs(1));
-                    }
-                }
-            };
+        self.task = Some(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
             hastack_runtime::serve_http1(
                 listener,
@@ -86,6 +100,7 @@ impl VipHook for VipListener {
             .await;
         }));
         self.stop = Some(tx);
+        Ok(())
     }
 
     fn release(&mut self) {
@@ -93,6 +108,24 @@ impl VipHook for VipListener {
             let _ = stop.send(true);
             info!(vip = %self.vip, "stopped listening on the VIP");
         }
+    }
+}
+
+/// How often the lb re-evaluates its own health for VRRP.
+const TRACK_EVERY: Duration = Duration::from_millis(100);
+
+/// The lb's own health: at least one web node in its pool gets traffic (an empty pool
+/// tracks nothing).
+fn own_health(pool: &Pool) -> Health {
+    let servers = pool.servers();
+    if servers.is_empty() || servers.iter().any(|s| s.is_healthy()) {
+        None
+    } else {
+        Some(format!(
+            "no healthy server in pool {} ({} down)",
+            pool.name(),
+            servers.len()
+        ))
     }
 }
 
@@ -112,77 +145,122 @@ pub async fn run(
     let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
 
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
-    let vrrp_addr = SocketAddrV4::new(node.address, topo.ports.vrrp);
-    let peers: Vec<SocketAddrV4> = topo
-        .tier(Role::Lb)
-        .filter(|n| n.name != name)
-        .map(|n| SocketAddrV4::new(n.address, topo.ports.vrrp))
-        .collect();
-    let transport = UdpTransport::bind(vrrp_addr, peers)
-        .await
-        .map_err(|source| BindError {
-            addr: SocketAddr::V4(vrrp_addr),
-            what: "vrrp",
-            source,
-        })?;
+    let peers = topo.tier(Role::Lb).filter(|n| n.name != name);
+    let network = if topo.mode.real_network() {
+        Network::Real {
+            local: node.address,
+            peers: peers.map(|n| n.address).collect(),
+            unicast: topo.vrrp.unicast,
+            prefix: topo.subnet.prefix,
+        }
+    } else {
+        Network::Loopback {
+            local: SocketAddrV4::new(node.address, topo.ports.vrrp),
+            peers: peers
+                .map(|n| SocketAddrV4::new(n.address, topo.ports.vrrp))
+                .collect(),
+        }
+    };
+    let key = if topo.vrrp.authenticate {
+        // Hosts mode: each server has its own state dir, so a key made here would
+        // differ from the peers'; the operator copies one key to every lb.
+        Some(Key::load_or_create(
+            &vrrp_key_path(topo),
+            topo.mode != Mode::Hosts,
+        )?)
+    } else {
+        None
+    };
 
     let stats = Arc::new(Stats::default());
-    let probe = {
+    let probe: HealthProbe = {
         let stats = stats.clone();
         let pool = pool.clone();
         let name = name.to_string();
-        steady_probe(move || {
-            serde_json::json!({
+        Arc::new(move || {
+            let state = stats.state();
+            let fault = stats.fault();
+            let body = serde_json::json!({
                 "node": name,
                 "role": "lb",
-                "vrrp": stats.state_name(),
+                "vrrp": state.as_str(),
+                "fault": fault,
                 "upstreams": pool.health_json(),
+            });
+            Box::pin(async move {
+                HealthReport {
+                    healthy: state != State::Fault,
+                    body,
+                }
             })
         })
     };
     let extra = {
         let stats = stats.clone();
-        Arc::new(move |out: &mut String| {
-            use std::fmt::Write;
-            let l = Ordering::Relaxed;
-            let _ = write!(
-                out,
-                "# HELP hastack_vrrp_state VRRP state: 0 initialize, 1 backup, 2 master.\n# TYPE hastack_vrrp_state gauge\nhastack_vrrp_state {}\n\
-                 # HELP hastack_vrrp_adverts_sent Adverts sent.\n# TYPE hastack_vrrp_adverts_sent counter\nhastack_vrrp_adverts_sent_total {}\n\
-                 # HELP hastack_vrrp_adverts_received Adverts accepted.\n# TYPE hastack_vrrp_adverts_received counter\nhastack_vrrp_adverts_received_total {}\n\
-                 # HELP hastack_vrrp_adverts_rejected Datagrams rejected.\n# TYPE hastack_vrrp_adverts_rejected counter\nhastack_vrrp_adverts_rejected_total {}\n\
-                 # HELP hastack_vrrp_became_master Transitions to master.\n# TYPE hastack_vrrp_became_master counter\nhastack_vrrp_became_master_total {}\n",
-                stats.state.load(l),
-                stats.adverts_sent.load(l),
-                stats.adverts_received.load(l),
-                stats.adverts_rejected.load(l),
-                stats.became_master.load(l),
-            );
-        })
+        Arc::new(move |out: &mut String| stats.render(out))
     };
 
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
     let admin = Admin::new(probe, registry, Some(extra));
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
-    let machine = Machine::new(hastack_vrrp::Config {
-        vrid: topo.vrrp.vrid,
-        priority: node.priority.unwrap_or(100),
-        advert_interval_cs: topo.vrrp.advert_interval_cs,
-        preempt: topo.vrrp.preempt,
-        primary_address: node.address,
-        addresses: vec![topo.vip],
-    });
+    let (health_tx, health_rx) = watch::channel(own_health(&pool));
+    let tracker = {
+        let pool = pool.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRACK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tick.tick() => {
+                        let h = own_health(&pool);
+                        health_tx.send_if_modified(|cur| {
+                            let changed = *cur != h;
+                            *cur = h;
+                            changed
+                        });
+                    }
+                }
+            }
+        })
+    };
+
+    let setup = Setup {
+        machine: hastack_vrrp::Config {
+            vrid: topo.vrrp.vrid,
+            priority: node.priority.unwrap_or(100),
+            advert_interval_cs: topo.vrrp.advert_interval_cs,
+            preempt: topo.vrrp.preempt,
+            primary_address: node.address,
+            addresses: vec![topo.vip],
+            peers: topo
+                .tier(Role::Lb)
+                .filter(|n| n.name != name)
+                .map(|n| n.address)
+                .collect(),
+            preempt_delay: topo.vrrp.preempt_delay,
+        },
+        network,
+        key,
+        notify: topo.vrrp.notify.clone(),
+        instance: format!("vrid{}", topo.vrrp.vrid),
+    };
     let hook = VipListener {
         vip: SocketAddr::from((topo.vip, topo.http_port)),
         proxy,
+        rt: tokio::runtime::Handle::current(),
         stop: None,
         task: None,
     };
-    info!(node = name, vip = %topo.vip, port = topo.http_port, "lb ready");
+    let running = hastack_vrrp::runner::start(setup, hook, stats, health_rx, shutdown).await?;
+    info!(node = name, vip = %topo.vip, port = topo.http_port, mode = topo.mode.as_str(), "lb ready");
     // Returns after a graceful shutdown: priority 0 sent, VIP released.
-    let hook = hastack_vrrp::runner::run(machine, transport, hook, stats, shutdown).await;
-    hook.drained().await;
+    if let Some(hook) = running.finished().await {
+        hook.drained().await;
+    }
+    let _ = tracker.await;
     let _ = admin_task.await;
     Ok(())
 }

@@ -5,13 +5,19 @@
 //! its next deadline, and carries out the [`Action`]s it returns (send an advert, take
 //! or release the VIP). That is what lets the tests replay the RFC's rules without
 //! sleeping.
+//!
+//! Beyond RFC 5798 it models what keepalived adds and a real deployment needs: a FAULT
+//! state driven by the node's own health ([`Machine::set_healthy`]: a failing master
+//! hands over at once with priority 0), `preempt_delay`, a sender filter (adverts only
+//! from configured peers), and a gratuitous-ARP re-announce when a master hears a
+//! lower-priority master (the end of a split brain).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::packet::Advert;
 
-/// The three states of RFC 5798 §6.4.
+/// The three states of RFC 5798 §6.4, and keepalived's FAULT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Waiting for a Startup event.
@@ -20,6 +26,9 @@ pub enum State {
     Backup,
     /// Owns the VIP and advertises.
     Master,
+    /// The node is unhealthy: holds no VIP, sends nothing, ignores adverts, until it
+    /// is healthy again (keepalived's FAULT).
+    Fault,
 }
 
 impl State {
@@ -29,6 +38,7 @@ impl State {
             State::Initialize => "initialize",
             State::Backup => "backup",
             State::Master => "master",
+            State::Fault => "fault",
         }
     }
 }
@@ -45,6 +55,8 @@ pub enum Action {
     TakeVip,
     /// Stop answering on the VIP.
     ReleaseVip,
+    /// Announce the VIP again (a burst of gratuitous ARPs) while staying master.
+    Announce,
 }
 
 /// Why a received advert was discarded without effect.
@@ -69,6 +81,10 @@ pub enum Rejected {
     /// The machine is in Initialize and ignores adverts.
     #[error("not started")]
     NotStarted,
+    /// The sender is not one of the configured peers (nothing of its advert is used,
+    /// not even its interval).
+    #[error("advert from {0}, which is not a configured peer")]
+    UnknownSender(Ipv4Addr),
 }
 
 /// Fixed parameters of one virtual router on one node.
@@ -86,6 +102,12 @@ pub struct Config {
     pub primary_address: Ipv4Addr,
     /// The virtual addresses.
     pub addresses: Vec<Ipv4Addr>,
+    /// The only senders whose adverts count; empty accepts any sender (the transports
+    /// filter too: this is the last line).
+    pub peers: Vec<Ipv4Addr>,
+    /// keepalived's `preempt_delay`: for this long after entering Backup, a
+    /// lower-priority master is respected as if Preempt_Mode were false.
+    pub preempt_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +123,9 @@ pub struct Machine {
     state: State,
     master_adver_interval_cs: u16,
     timer: Option<Timer>,
+    healthy: bool,
+    /// Until when a lower-priority master is respected (preempt_delay).
+    respect_lower_until: Option<Instant>,
 }
 
 fn centis(cs: u32) -> Duration {
@@ -116,6 +141,8 @@ impl Machine {
             state: State::Initialize,
             master_adver_interval_cs: interval,
             timer: None,
+            healthy: true,
+            respect_lower_until: None,
         }
     }
 
@@ -127,6 +154,19 @@ impl Machine {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The Master_Adver_Interval in use, in centiseconds (learnt from the master).
+    pub fn master_adver_interval_cs(&self) -> u16 {
+        self.master_adver_interval_cs
+    }
+
+    /// The priority this node advertises now (0 in Fault and Initialize).
+    pub fn effective_priority(&self) -> u8 {
+        match self.state {
+            State::Backup | State::Master => self.cfg.priority,
+            State::Initialize | State::Fault => 0,
+        }
     }
 
     /// Skew_Time = ((256 − Priority) × Master_Adver_Interval) / 256.
@@ -161,27 +201,73 @@ impl Machine {
         self.state = State::Master;
     }
 
-    /// The Startup event (§6.4.1).
+    fn become_backup(&mut self, now: Instant) {
+        self.master_adver_interval_cs = self.cfg.advert_interval_cs;
+        self.timer = Some(Timer::MasterDown(now + self.master_down_interval()));
+        self.respect_lower_until =
+            (!self.cfg.preempt_delay.is_zero()).then(|| now + self.cfg.preempt_delay);
+        self.state = State::Backup;
+    }
+
+    /// The Startup event (§6.4.1). An unhealthy node starts in Fault.
     pub fn startup(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.state != State::Initialize {
             return actions;
         }
-        if self.cfg.priority == 255 {
+        if !self.healthy {
+            self.state = State::Fault;
+            self.timer = None;
+        } else if self.cfg.priority == 255 {
             self.become_master(now, &mut actions);
         } else {
-            self.master_adver_interval_cs = self.cfg.advert_interval_cs;
-            self.timer = Some(Timer::MasterDown(now + self.master_down_interval()));
-            self.state = State::Backup;
+            self.become_backup(now);
         }
         actions
+    }
+
+    /// The node's own health changed (keepalived's tracking: VIP listener, upstreams).
+    /// Unhealthy: a master sends priority 0 and releases the VIP, any started machine
+    /// goes to Fault. Healthy again: Fault goes to Backup as at startup.
+    pub fn set_healthy(&mut self, now: Instant, healthy: bool) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.healthy == healthy {
+            return actions;
+        }
+        self.healthy = healthy;
+        match (self.state, healthy) {
+            (State::Master, false) => {
+                actions.push(Action::SendAdvert { priority: 0 });
+                actions.push(Action::ReleaseVip);
+                self.state = State::Fault;
+                self.timer = None;
+            }
+            (State::Backup, false) => {
+                self.state = State::Fault;
+                self.timer = None;
+            }
+            (State::Fault, true) => {
+                if self.cfg.priority == 255 {
+                    self.become_master(now, &mut actions);
+                } else {
+                    self.become_backup(now);
+                }
+            }
+            _ => {}
+        }
+        actions
+    }
+
+    /// Whether the node's own health is good (the last [`Machine::set_healthy`]).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
     }
 
     /// The Shutdown event (§6.4.2, §6.4.3): a master says it is leaving with priority 0.
     pub fn shutdown(&mut self) -> Vec<Action> {
         let actions = match self.state {
             State::Master => vec![Action::SendAdvert { priority: 0 }, Action::ReleaseVip],
-            State::Backup | State::Initialize => Vec::new(),
+            State::Backup | State::Initialize | State::Fault => Vec::new(),
         };
         self.timer = None;
         self.state = State::Initialize;
@@ -221,6 +307,9 @@ impl Machine {
                 ours: self.cfg.vrid,
             });
         }
+        if !self.cfg.peers.is_empty() && !self.cfg.peers.contains(&sender) {
+            return Err(Rejected::UnknownSender(sender));
+        }
         if adv.addresses != self.cfg.addresses {
             return Err(Rejected::AddressMismatch {
                 got: adv.addresses.clone(),
@@ -230,15 +319,19 @@ impl Machine {
         let mut actions = Vec::new();
         match self.state {
             State::Initialize => return Err(Rejected::NotStarted),
+            // keepalived: a node in FAULT does not take part; adverts change nothing.
+            State::Fault => {}
             State::Backup => {
+                let respecting = self.respect_lower_until.is_some_and(|until| now < until);
                 if adv.priority == 0 {
                     // §6.4.2: the master is leaving; take over after Skew_Time.
                     self.timer = Some(Timer::MasterDown(now + self.skew_time()));
-                } else if !self.cfg.preempt || adv.priority >= self.cfg.priority {
+                } else if !self.cfg.preempt || adv.priority >= self.cfg.priority || respecting {
                     self.master_adver_interval_cs = adv.max_adver_int_cs;
                     self.timer = Some(Timer::MasterDown(now + self.master_down_interval()));
                 }
-                // else: a lower-priority master and we preempt: discard, let the timer run.
+                // else: a lower-priority master and we preempt: discard (its interval
+                // too), let the timer run.
             }
             State::Master => {
                 if adv.priority == 0 {
@@ -253,9 +346,18 @@ impl Machine {
                     self.master_adver_interval_cs = adv.max_adver_int_cs;
                     self.timer = Some(Timer::MasterDown(now + self.master_down_interval()));
                     self.state = State::Backup;
+                    self.respect_lower_until = None;
                     actions.push(Action::ReleaseVip);
+                } else {
+                    // §6.4.3 says discard (we win). keepalived also answers at once and
+                    // announces the VIP again: two masters means a healed split brain,
+                    // and the clients that followed the other one must come back.
+                    actions.push(Action::SendAdvert {
+                        priority: self.cfg.priority,
+                    });
+                    actions.push(Action::Announce);
+                    self.timer = Some(Timer::Adver(now + self.advert_interval()));
                 }
-                // else: discard (we win).
             }
         }
         Ok(actions)
@@ -289,6 +391,8 @@ mod tests {
             preempt,
             primary_address: ME,
             addresses: vec![VIP],
+            peers: vec![PEER_LOW, PEER_HIGH],
+            preempt_delay: Duration::ZERO,
         })
     }
 
@@ -491,16 +595,18 @@ mod tests {
     }
 
     #[test]
-    fn master_keeps_the_vip_against_lower_priority() {
+    fn master_keeps_the_vip_against_lower_priority_and_announces_it_again() {
         let t0 = Instant::now();
         let mut m = machine(255, true);
         m.startup(t0);
         assert_eq!(
-            m.receive(t0, PEER_HIGH, &adv(100)),
-            Ok(vec![]),
-            "6.4.3: lower priority -> discard"
+            m.receive(t0 + ms(10), PEER_HIGH, &adv(100)),
+            Ok(vec![Action::SendAdvert { priority: 255 }, Action::Announce]),
+            "6.4.3: lower priority -> stay master; keepalived (garp_lower_prio_repeat): \
+             answer at once and re-send gratuitous ARPs, a split brain has healed"
         );
         assert_eq!(m.state(), State::Master);
+        assert_eq!(m.deadline(), Some(t0 + ms(1010)), "Adver_Timer restarts");
     }
 
     #[test]
@@ -511,8 +617,8 @@ mod tests {
         m.poll(t0 + m.master_down_interval());
         assert_eq!(
             m.receive(t0, PEER_LOW, &adv(100)),
-            Ok(vec![]),
-            "6.4.3: equal priority, lower sender address -> discard"
+            Ok(vec![Action::SendAdvert { priority: 100 }, Action::Announce]),
+            "6.4.3: equal priority, lower sender address -> we stay master (and announce)"
         );
         assert_eq!(m.state(), State::Master);
         assert_eq!(
@@ -586,6 +692,131 @@ mod tests {
         );
     }
 
+    #[test]
+    fn adverts_from_strangers_change_nothing_not_even_the_interval() {
+        let t0 = Instant::now();
+        let mut m = machine(100, true);
+        m.startup(t0);
+        let stranger = Ipv4Addr::new(127, 0, 1, 99);
+        let mut forged = adv(255);
+        forged.max_adver_int_cs = 4095;
+        assert_eq!(
+            m.receive(t0, stranger, &forged),
+            Err(Rejected::UnknownSender(stranger)),
+            "only configured peers take part (keepalived: unicast_peer / RFC 5798 7.1 \
+             filtering by the operator)"
+        );
+        assert_eq!(m.master_adver_interval_cs(), 100, "interval not adopted");
+        assert_eq!(m.deadline(), Some(t0 + m.master_down_interval()));
+    }
+
+    #[test]
+    fn a_discarded_lower_priority_advert_does_not_set_the_interval() {
+        let t0 = Instant::now();
+        let mut m = machine(150, true);
+        m.startup(t0);
+        let mut low = adv(100);
+        low.max_adver_int_cs = 4095;
+        m.receive(t0 + ms(10), PEER_LOW, &low).expect("valid");
+        assert_eq!(
+            m.master_adver_interval_cs(),
+            100,
+            "6.4.2: preempt and lower priority -> discard the advert, its \
+             Max_Adver_Int included"
+        );
+        let mut m = machine(255, true);
+        m.startup(t0);
+        m.receive(t0, PEER_LOW, &low).expect("valid");
+        assert_eq!(
+            m.master_adver_interval_cs(),
+            100,
+            "6.4.3: a master discards a lower-priority advert"
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_master_hands_over_at_once_and_comes_back_as_backup() {
+        let t0 = Instant::now();
+        let mut m = machine(255, true);
+        m.startup(t0);
+        assert_eq!(
+            m.set_healthy(t0 + ms(5), false),
+            vec![Action::SendAdvert { priority: 0 }, Action::ReleaseVip],
+            "keepalived FAULT: drop the VIP and send priority 0 so the backup takes \
+             over after its skew time"
+        );
+        assert_eq!(m.state(), State::Fault);
+        assert_eq!(m.deadline(), None, "FAULT runs no timer");
+        assert_eq!(m.poll(t0 + ms(10_000)), vec![], "FAULT sends nothing");
+        assert_eq!(
+            m.receive(t0 + ms(20), PEER_LOW, &adv(0)),
+            Ok(vec![]),
+            "FAULT ignores adverts"
+        );
+        assert_eq!(m.effective_priority(), 0);
+        let back = t0 + ms(20_000);
+        let mut m2 = machine(100, true);
+        m2.startup(t0);
+        m2.set_healthy(t0, false);
+        assert_eq!(m2.state(), State::Fault, "a backup goes to FAULT too");
+        assert_eq!(m2.set_healthy(back, true), vec![]);
+        assert_eq!(
+            m2.state(),
+            State::Backup,
+            "healthy again: take part as at startup (6.4.1)"
+        );
+        assert_eq!(m2.deadline(), Some(back + m2.master_down_interval()));
+    }
+
+    #[test]
+    fn an_unhealthy_node_starts_in_fault() {
+        let t0 = Instant::now();
+        let mut m = machine(255, true);
+        m.set_healthy(t0, false);
+        assert_eq!(m.startup(t0), vec![], "no advert, no VIP while unhealthy");
+        assert_eq!(m.state(), State::Fault);
+        assert_eq!(
+            m.set_healthy(t0 + ms(1), true),
+            vec![Action::SendAdvert { priority: 255 }, Action::TakeVip],
+            "6.4.1: the address owner becomes master as soon as it can take part"
+        );
+    }
+
+    #[test]
+    fn preempt_delay_respects_a_lower_master_for_a_while() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Config {
+            preempt_delay: ms(5000),
+            ..machine(150, true).config().clone()
+        });
+        m.startup(t0);
+        // Adverts from a lower-priority master every second.
+        let mut now = t0;
+        for _ in 0..4 {
+            now += ms(1000);
+            m.receive(now, PEER_LOW, &adv(100)).expect("valid");
+            assert_eq!(
+                m.deadline(),
+                Some(now + m.master_down_interval()),
+                "keepalived preempt_delay: within the delay a lower master keeps the \
+                 backup quiet"
+            );
+            assert_eq!(m.poll(now + ms(999)), vec![]);
+        }
+        assert_eq!(m.state(), State::Backup);
+        // Past the delay the adverts are discarded and the timer runs out.
+        let deadline = m.deadline();
+        now = t0 + ms(5000);
+        m.receive(now, PEER_LOW, &adv(100)).expect("valid");
+        assert_eq!(m.deadline(), deadline, "past preempt_delay: 6.4.2 discard");
+        let fire = deadline.expect("timer");
+        assert_eq!(
+            m.poll(fire),
+            vec![Action::SendAdvert { priority: 150 }, Action::TakeVip],
+            "then preempt"
+        );
+    }
+
     fn exchange(me: &mut Machine, peer: &mut Machine, addr: Ipv4Addr, now: Instant) {
         for action in me.poll(now) {
             if let Action::SendAdvert { priority } = action {
@@ -608,6 +839,8 @@ mod tests {
                 preempt: true,
                 primary_address: a,
                 addresses: vec![VIP],
+                peers: Vec::new(),
+                preempt_delay: Duration::ZERO,
             })
         };
         let mut lb1 = mk(150, a1);
