@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::link::LinkAttribute;
 
 /// A network interface.
@@ -147,19 +147,32 @@ impl Netlink {
             .any(|m| ipv4_of(m) == Some(addr)))
     }
 
-    /// Adds `addr/prefix` to interface `index` (already there: fine).
-    pub async fn add(&self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
-        match self
+    /// Adds `addr/prefix` to interface `index`, or refreshes it if it is there. With a
+    /// `lifetime` (seconds), the kernel removes the address by itself unless it is
+    /// refreshed in time (`ip addr add … valid_lft N preferred_lft N`).
+    pub async fn add(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        lifetime: Option<u32>,
+    ) -> Result<(), NetError> {
+        let mut req = self
             .handle
             .address()
             .add(index, IpAddr::V4(addr), prefix)
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, nix::libc::EEXIST) => Ok(()),
-            Err(e) => Err(request(format!("add {addr}/{prefix}"))(e)),
+            .replace();
+        if let Some(secs) = lifetime {
+            let mut info = CacheInfo::default();
+            info.ifa_preferred = secs;
+            info.ifa_valid = secs;
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::CacheInfo(info));
         }
+        req.execute()
+            .await
+            .map_err(request(format!("add {addr}/{prefix}")))
     }
 
     /// Removes every copy of `addr` (whatever its prefix) from interface `index`;

@@ -12,6 +12,12 @@
 //! A take of the VIP that fails (address or listener) does not retry while claiming
 //! master: the node goes to FAULT (priority 0, VIP released, reported in `/healthz`)
 //! and takes part again after [`Runner::vip_retry`].
+//!
+//! On a real network the VIP is added with a lifetime of [`VIP_LIFETIME`] and
+//! refreshed every [`VIP_REFRESH`] while master: a master killed without a chance to
+//! clean up (SIGKILL, a crash) loses the address within seconds, so its kernel stops
+//! answering ARP for the VIP and accepting (then resetting) connections to it. A
+//! stale address is also removed at the next start.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -311,6 +317,11 @@ pub struct Runner<T, H> {
     pub vip_retry: Duration,
 }
 
+/// Lifetime of the VIP on the interface (refreshed while master).
+pub const VIP_LIFETIME: Duration = Duration::from_secs(3);
+/// How often a master refreshes the VIP's lifetime.
+pub const VIP_REFRESH: Duration = Duration::from_secs(1);
+
 /// At most one re-announcement burst this often (a stream of lower-priority adverts,
 /// forged or not, must not become an ARP flood).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -321,6 +332,7 @@ struct Loop {
     tracked: Health,
     vip_fault_until: Option<Instant>,
     second_burst_at: Option<Instant>,
+    refresh_at: Option<Instant>,
     last_announce: Option<Instant>,
     vip_held: bool,
     reject_log: RejectLog,
@@ -405,6 +417,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
             tracked,
             vip_fault_until: None,
             second_burst_at: None,
+            refresh_at: None,
             last_announce: None,
             vip_held: false,
             reject_log: RejectLog::default(),
@@ -439,6 +452,10 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
                     lp.vip_fault_until = None;
                     info!("vrrp: taking part again after the VIP failure");
                     self.recompute_health(&mut lp).await;
+                }
+                _ = sleep_until(lp.refresh_at) => {
+                    lp.refresh_at = None;
+                    self.refresh_vip(&mut lp).await;
                 }
                 _ = sleep_until(lp.second_burst_at) => {
                     lp.second_burst_at = None;
@@ -533,23 +550,50 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
                 }
                 Action::TakeVip => {
                     if let Err(why) = self.take_vip(lp).await {
-                        self.stats.vip_failures.fetch_add(1, Ordering::Relaxed);
-                        error!(
-                            error = %why,
-                            retry_in = ?self.vip_retry,
-                            "vrrp: cannot take the VIP; handing it over (FAULT)"
-                        );
-                        self.stats
-                            .set_fault(Some(format!("cannot take the VIP: {why}")));
-                        lp.vip_fault_until = Some(Instant::now() + self.vip_retry);
-                        let before = self.machine.state();
-                        let more = self.machine.set_healthy(now(), false);
-                        self.report(lp, before);
-                        queue.extend(more);
+                        queue.extend(self.vip_failed(lp, &format!("cannot take the VIP: {why}")));
                     }
                 }
                 Action::ReleaseVip => self.release_vip(lp).await,
                 Action::Announce => self.announce(lp, "a lower-priority master was heard"),
+            }
+        }
+    }
+
+    /// The VIP could not be taken or kept: count it, go to FAULT (the returned actions
+    /// hand it over) and take part again after `vip_retry`.
+    fn vip_failed(&mut self, lp: &mut Loop, why: &str) -> Vec<Action> {
+        self.stats.vip_failures.fetch_add(1, Ordering::Relaxed);
+        error!(error = why, retry_in = ?self.vip_retry, "vrrp: VIP failure; handing it over (FAULT)");
+        self.stats.set_fault(Some(why.to_string()));
+        lp.vip_fault_until = Some(Instant::now() + self.vip_retry);
+        let before = self.machine.state();
+        let more = self.machine.set_healthy(now(), false);
+        self.report(lp, before);
+        more
+    }
+
+    async fn refresh_vip(&mut self, lp: &mut Loop) {
+        if !lp.vip_held || self.machine.state() != State::Master {
+            return;
+        }
+        let VipMode::Interface(v) = &self.vip else {
+            return;
+        };
+        match v
+            .netlink
+            .add(
+                v.iface.index,
+                v.vip,
+                v.prefix,
+                Some(VIP_LIFETIME.as_secs() as u32),
+            )
+            .await
+        {
+            Ok(()) => lp.refresh_at = Some(Instant::now() + VIP_REFRESH),
+            Err(e) => {
+                let more = self.vip_failed(lp, &format!("cannot refresh the VIP: {e}"));
+                let state = self.machine.state();
+                self.after(lp, state, more).await;
             }
         }
     }
@@ -583,10 +627,16 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
     async fn take_vip(&mut self, lp: &mut Loop) -> Result<(), String> {
         if let VipMode::Interface(v) = &self.vip {
             v.netlink
-                .add(v.iface.index, v.vip, v.prefix)
+                .add(
+                    v.iface.index,
+                    v.vip,
+                    v.prefix,
+                    Some(VIP_LIFETIME.as_secs() as u32),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             lp.vip_held = true;
+            lp.refresh_at = Some(Instant::now() + VIP_REFRESH);
             info!(vip = %v.vip, prefix = v.prefix, interface = %v.iface.name, "vrrp: VIP added");
         }
         self.hook.take().map_err(|e| e.to_string())?;
@@ -603,6 +653,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
     async fn release_vip(&mut self, lp: &mut Loop) {
         self.hook.release();
         lp.second_burst_at = None;
+        lp.refresh_at = None;
         if let VipMode::Interface(v) = &self.vip {
             match v.netlink.remove(v.iface.index, v.vip).await {
                 Ok(_) => info!(vip = %v.vip, interface = %v.iface.name, "vrrp: VIP removed"),

@@ -300,7 +300,17 @@ fn wire_story(tag: u8, unicast: bool) {
                 > 3
     });
     assert!(pair.has_vip(0), "the VIP is on the master's interface");
-    assert!(!pair.has_vip(1), "and not on the backup's");
+    let shown = ip(&["-n", &pair.ns[0], "-4", "addr", "show", "dev", &pair.dev[0]]);
+    let lifetime = shown
+        .split(&format!("inet {}/24", pair.vip))
+        .nth(1)
+        .and_then(|rest| rest.lines().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        lifetime.contains("valid_lft") && !lifetime.contains("forever"),
+        "the VIP has a finite lifetime, refreshed while master: {lifetime:?} in\n{shown}"
+    );
     let garps = sniffer.join().expect("sniffer");
     let mac_a = pair.mac(0);
     assert!(
@@ -371,4 +381,30 @@ fn multicast_adverts_vip_and_gratuitous_arp_between_two_namespaces() {
 #[test]
 fn unicast_adverts_between_two_namespaces() {
     wire_story(102, true);
+}
+
+/// A VIP left by a master that was killed (no release, no more refreshes) goes away
+/// by itself: its lifetime runs out.
+#[test]
+fn an_unrefreshed_vip_expires_by_itself() {
+    let pair = Pair::new(103);
+    let (vip, local) = (pair.vip, pair.addr[0]);
+    in_ns(&pair.ns[0], move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let nl = hastack_vrrp::netif::Netlink::connect().expect("netlink");
+            let iface = nl.interface_with(local).await.expect("interface");
+            nl.add(iface.index, vip, 24, Some(1)).await.expect("add");
+            assert!(nl.has(iface.index, vip).await.expect("dump"));
+        });
+    })
+    .join()
+    .expect("ns thread");
+    assert!(pair.has_vip(0));
+    eventually("the VIP expires", Duration::from_secs(5), || {
+        !pair.has_vip(0)
+    });
 }
