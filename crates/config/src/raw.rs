@@ -39,7 +39,7 @@ raft = 9102                # the db nodes' consensus on who is primary (Raft, HT
 
 [vrrp]
 vrid = 51
-advert_interval = 10       # centiseconds: 0.1 s adverts, takeover in about 0.35 s
+advert_interval = 5        # centiseconds: 0.05 s adverts, takeover in about 0.2 s
 preempt = true
 unicast = false            # isolated/hosts: adverts to each peer instead of 224.0.0.18
 preempt_delay_ms = 0       # a higher-priority backup waits this long before taking over
@@ -209,7 +209,7 @@ impl Default for RawVrrp {
     fn default() -> Self {
         RawVrrp {
             vrid: Spanned::new(0..0, 51),
-            advert_interval: Spanned::new(0..0, 10),
+            advert_interval: Spanned::new(0..0, 5),
             preempt: true,
             unicast: false,
             preempt_delay_ms: Spanned::new(0..0, 0),

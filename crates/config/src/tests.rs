@@ -322,13 +322,13 @@ fn subnet_arithmetic() {
 
 #[test]
 fn advert_interval_range() {
-    let text = edited("advert_interval = 10", "advert_interval = 5000");
+    let text = edited("advert_interval = 5 ", "advert_interval = 5000");
     one_error_at(
         &text,
         line_of(&text, "advert_interval"),
         "1..=4095 centiseconds",
     );
-    let text = edited("advert_interval = 10", "advert_interval = 0");
+    let text = edited("advert_interval = 5 ", "advert_interval = 0");
     one_error_at(
         &text,
         line_of(&text, "advert_interval"),

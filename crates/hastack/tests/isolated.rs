@@ -83,6 +83,40 @@ fn the_vip_moves_between_namespaces_and_the_client_reaches_only_the_vip() {
         (vip_holders(&stack) == ["lb1"]).then_some(())
     });
 
+    // A graceful stop of the master hands the VIP over without failing a request: it
+    // says priority 0 but serves until lb2 has taken over.
+    let client_ns = stack.netns("client");
+    let vip = stack.vip();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let traffic = std::thread::spawn(move || {
+        in_netns(&client_ns, move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match http(vip, "GET", "/healthz", &[], "") {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (ok, failed)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stack.ctl_ok(&["stop", "lb1"]);
+    eventually("the VIP on lb2 only", Duration::from_secs(5), || {
+        (vip_holders(&stack) == ["lb2"]).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.join().expect("traffic");
+    assert!(ok > 10, "only {ok} requests");
+    assert_eq!(failed, 0, "requests failed during a graceful hand-over");
+    stack.ctl_ok(&["start", "lb1"]);
+    eventually("the VIP back on lb1 only", Duration::from_secs(10), || {
+        (vip_holders(&stack) == ["lb1"]).then_some(())
+    });
+
     // The supervisor crashes: its nodes go with it, the namespaces stay behind until
     // `hastack down` removes them.
     let ours: Vec<String> = ["lb1", "db1", "client"]

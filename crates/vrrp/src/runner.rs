@@ -322,6 +322,12 @@ pub const VIP_LIFETIME: Duration = Duration::from_secs(3);
 /// How often a master refreshes the VIP's lifetime.
 pub const VIP_REFRESH: Duration = Duration::from_secs(1);
 
+/// How long a stopping master waits for a peer to take over before it lets go anyway.
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping or yielding master keeps the VIP after the new master's first
+/// advert (its gratuitous ARP follows it).
+pub const HAND_OVER_GRACE: Duration = Duration::from_millis(50);
+
 /// At most one re-announcement burst this often (a stream of lower-priority adverts,
 /// forged or not, must not become an ARP flood).
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
@@ -333,6 +339,8 @@ struct Loop {
     vip_fault_until: Option<Instant>,
     second_burst_at: Option<Instant>,
     refresh_at: Option<Instant>,
+    /// A yielding master lets the VIP go at this time (see `HAND_OVER_GRACE`).
+    release_at: Option<Instant>,
     last_announce: Option<Instant>,
     vip_held: bool,
     reject_log: RejectLog,
@@ -418,6 +426,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
             vip_fault_until: None,
             second_burst_at: None,
             refresh_at: None,
+            release_at: None,
             last_announce: None,
             vip_held: false,
             reject_log: RejectLog::default(),
@@ -453,6 +462,12 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
                     info!("vrrp: taking part again after the VIP failure");
                     self.recompute_health(&mut lp).await;
                 }
+                _ = sleep_until(lp.release_at) => {
+                    lp.release_at = None;
+                    if self.machine.state() != State::Master && lp.vip_held {
+                        self.release_vip(&mut lp).await;
+                    }
+                }
                 _ = sleep_until(lp.refresh_at) => {
                     lp.refresh_at = None;
                     self.refresh_vip(&mut lp).await;
@@ -468,6 +483,9 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
                 }
             }
         }
+        if self.machine.state() == State::Master {
+            self.hand_over(&mut lp, &mut buf).await;
+        }
         self.step(&mut lp, |m| m.shutdown()).await;
         // Whatever happened, leave no VIP behind.
         if lp.vip_held {
@@ -481,14 +499,53 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
         self.hook
     }
 
+    /// A graceful stop of the master: say priority 0 (RFC 5798 §6.4.3) but keep the VIP
+    /// and its listener until a peer has taken over — its advert is heard — and its
+    /// gratuitous ARP has had a moment to reach the clients; only then let go. A client
+    /// meanwhile reaches one of the two, never neither: the hand-over fails no request.
+    /// Bounded by [`HAND_OVER_WAIT`] (no peer, or none that answers).
+    async fn hand_over(&mut self, lp: &mut Loop, buf: &mut [u8]) {
+        self.transport
+            .send(&self.machine.advert(0), &self.stats)
+            .await;
+        let deadline = Instant::now() + HAND_OVER_WAIT;
+        let taken = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break false,
+                got = self.transport.recv(buf) => match got {
+                    Ok((from, adv)) if adv.priority > 0 && adv.vrid == self.machine.config().vrid => {
+                        info!(%from, priority = adv.priority, "vrrp: a peer took over; letting the VIP go");
+                        break true;
+                    }
+                    other => self.received(lp, other).await,
+                },
+            }
+        };
+        if taken {
+            tokio::time::sleep(HAND_OVER_GRACE).await;
+        } else {
+            info!("vrrp: no peer took over within {HAND_OVER_WAIT:?}; letting the VIP go");
+        }
+    }
+
     async fn received(&mut self, lp: &mut Loop, got: Result<(Ipv4Addr, crate::Advert), RecvError>) {
         let t = now();
         match got {
             Ok((from, adv)) => {
                 let before = self.machine.state();
                 match self.machine.receive(t, from, &adv) {
-                    Ok(actions) => {
+                    Ok(mut actions) => {
                         self.stats.adverts_received.fetch_add(1, Ordering::Relaxed);
+                        // Yielding to a higher-priority master (preemption): keep the
+                        // VIP a moment, until its gratuitous ARP has reached the clients,
+                        // so none of them finds neither of the two.
+                        let yielded = before == State::Master
+                            && self.machine.state() == State::Backup
+                            && matches!(self.vip, VipMode::Interface(_));
+                        if yielded && actions.contains(&Action::ReleaseVip) {
+                            actions.retain(|a| *a != Action::ReleaseVip);
+                            lp.release_at = Some(Instant::now() + HAND_OVER_GRACE);
+                        }
                         self.after(lp, before, actions).await;
                     }
                     Err(why) => match RejectReason::of_machine(&why) {
@@ -625,6 +682,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
     }
 
     async fn take_vip(&mut self, lp: &mut Loop) -> Result<(), String> {
+        lp.release_at = None;
         if let VipMode::Interface(v) = &self.vip {
             v.netlink
                 .add(
@@ -651,6 +709,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
     }
 
     async fn release_vip(&mut self, lp: &mut Loop) {
+        lp.release_at = None;
         self.hook.release();
         lp.second_burst_at = None;
         lp.refresh_at = None;
