@@ -154,8 +154,10 @@ pub struct Node {
 pub struct Ports {
     /// `/healthz` and `/metrics` on every node.
     pub admin: u16,
-    /// HTTP on web nodes.
+    /// HTTP on web nodes (HTTPS with client certificates when `tls.internal`).
     pub web: u16,
+    /// Clients' HTTPS on web nodes, when the lbs pass TLS through.
+    pub web_https: u16,
     /// HTTP on app nodes.
     pub app: u16,
     /// MariaDB on db nodes.
@@ -201,6 +203,51 @@ pub struct HealthSettings {
     pub rise: u32,
     /// Consecutive failures that take a server out.
     pub fall: u32,
+}
+
+/// Where the lbs decrypt the site's HTTPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The lbs terminate TLS on the VIP and balance HTTP requests.
+    Terminate,
+    /// The lbs route TLS connections by SNI to the web nodes, which terminate them.
+    Passthrough,
+}
+
+impl TlsMode {
+    /// The name as written in the topology file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Terminate => "terminate",
+            TlsMode::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// A certificate and its key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// TLS settings of the whole stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Hops between tiers (lb→web, web→app, app→db) run over TLS with certificates of
+    /// the internal CA on both sides.
+    pub internal: bool,
+    /// Where the site's HTTPS is decrypted.
+    pub mode: TlsMode,
+    /// HTTP on the VIP answers with a redirect to HTTPS.
+    pub redirect_http: bool,
+    /// HTTPS answers carry `Strict-Transport-Security`.
+    pub hsts: bool,
+    /// The site's own certificates (SNI picks; the first is the default); empty: the
+    /// internal CA's certificate for the site.
+    pub certificates: Vec<CertFiles>,
 }
 
 /// Web tier settings.
@@ -281,6 +328,10 @@ pub struct Topology {
     pub vip: Ipv4Addr,
     /// The HTTP port on the VIP.
     pub http_port: u16,
+    /// The HTTPS port on the VIP (`None`: no HTTPS).
+    pub https_port: Option<u16>,
+    /// TLS settings.
+    pub tls: TlsSettings,
     /// Ports per tier.
     pub ports: Ports,
     /// VRRP settings.
@@ -364,6 +415,13 @@ impl Topology {
     /// The site's URL through the VIP.
     pub fn site_url(&self) -> String {
         format!("http://{}:{}/", self.vip, self.http_port)
+    }
+
+    /// The site's HTTPS URL (by name: the certificate is for the name, so a client
+    /// resolves it to the VIP, e.g. `curl --resolve NAME:PORT:VIP`).
+    pub fn site_https_url(&self) -> Option<String> {
+        self.https_port
+            .map(|p| format!("https://{}:{p}/", self.site))
     }
 
     /// The same topology in isolated mode. A loopback topology's nodes get the hosts of

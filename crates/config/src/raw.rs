@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, Mode, Node, Ports, Role,
-    Subnet, Topology, VrrpSettings, WebSettings, line_col,
+    CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, Mode, Node,
+    Ports, Role, Subnet, TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -28,10 +28,12 @@ state_dir = ".hastack"     # datadirs, sockets and logs, relative to the working
 [vip]
 address = "127.0.0.100"    # the virtual IP that lb1 and lb2 share (VRRP)
 port = 8080                # the site's HTTP port on the VIP
+https_port = 8443          # the site's HTTPS port on the VIP (0: no HTTPS)
 
 [ports]
 admin = 9100               # /healthz and /metrics on every node
 web = 8081
+web_https = 8444           # web nodes' HTTPS for clients when tls.mode = "passthrough"
 app = 8082
 db = 3306
 vrrp = 5798                # VRRP adverts between lb nodes (UDP in loopback mode)
@@ -45,6 +47,17 @@ unicast = false            # isolated/hosts: adverts to each peer instead of 224
 preempt_delay_ms = 0       # a higher-priority backup waits this long before taking over
 # notify = "/usr/local/bin/on-vrrp"  # run with INSTANCE STATE PRIORITY at each change, in order
 authenticate = false       # HMAC on adverts, key in <state_dir>/secrets/vrrp.key (hastack peers only)
+
+[tls]
+internal = true            # lb->web, web->app and app->db over TLS, certificates from the
+                           # internal CA (<state_dir>/pki/ca.crt) on both sides (mTLS)
+mode = "terminate"         # the lbs terminate HTTPS; "passthrough": they route TLS by SNI to
+                           # the web nodes, which terminate it
+redirect_http = false      # answer HTTP on the VIP with a redirect to HTTPS (production: true)
+hsts = false               # send Strict-Transport-Security over HTTPS (production: true)
+# [[tls.certificate]]      # the site's own certificates instead of the internal CA's (SNI
+# cert = "site.crt"        # picks among them; the first is the default); paths are relative
+# key = "site.key"         # to this file
 
 [health]
 interval_ms = 200
@@ -133,6 +146,8 @@ pub(crate) struct RawTopology {
     #[serde(default)]
     web: RawWeb,
     #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
     db: RawDb,
     #[serde(default)]
     node: Vec<RawNode>,
@@ -167,6 +182,12 @@ fn default_state_dir() -> String {
 struct RawVip {
     address: Spanned<String>,
     port: Spanned<u16>,
+    #[serde(default = "default_https_port")]
+    https_port: Spanned<u16>,
+}
+
+fn default_https_port() -> Spanned<u16> {
+    Spanned::new(0..0, 8443)
 }
 
 #[derive(Deserialize)]
@@ -174,6 +195,7 @@ struct RawVip {
 struct RawPorts {
     admin: Spanned<u16>,
     web: Spanned<u16>,
+    web_https: Spanned<u16>,
     app: Spanned<u16>,
     db: Spanned<u16>,
     vrrp: Spanned<u16>,
@@ -185,6 +207,7 @@ impl Default for RawPorts {
         RawPorts {
             admin: Spanned::new(0..0, 9100),
             web: Spanned::new(0..0, 8081),
+            web_https: Spanned::new(0..0, 8444),
             app: Spanned::new(0..0, 8082),
             db: Spanned::new(0..0, 3306),
             vrrp: Spanned::new(0..0, 5798),
@@ -237,6 +260,35 @@ impl Default for RawHealth {
             fall: Spanned::new(0..0, 2),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    internal: bool,
+    mode: Spanned<String>,
+    redirect_http: bool,
+    hsts: bool,
+    certificate: Vec<RawCertificate>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            internal: true,
+            mode: Spanned::new(0..0, "terminate".into()),
+            redirect_http: false,
+            hsts: false,
+            certificate: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -460,11 +512,65 @@ pub(crate) fn validate(
         );
     }
     c.positive(&raw.vip.port, "the VIP's port");
+    if raw.vip.https_port.get_ref() == raw.vip.port.get_ref() {
+        c.error(
+            &raw.vip.https_port,
+            format!(
+                "vip.https_port is the same port as vip.port ({})",
+                raw.vip.port.get_ref()
+            ),
+            "HTTP and HTTPS need ports of their own on the VIP (8080 and 8443), or 0 for no HTTPS",
+        );
+    }
+    let tls_mode = match raw.tls.mode.get_ref().as_str() {
+        "terminate" => Some(TlsMode::Terminate),
+        "passthrough" => Some(TlsMode::Passthrough),
+        other => {
+            c.error(
+                &raw.tls.mode,
+                format!("unknown tls.mode \"{other}\", expected \"terminate\" or \"passthrough\""),
+                "\"terminate\": the lbs decrypt HTTPS; \"passthrough\": they route it by SNI to the web nodes, which decrypt it",
+            );
+            None
+        }
+    };
+    if *raw.vip.https_port.get_ref() == 0 && (raw.tls.redirect_http || raw.tls.hsts) {
+        c.error(
+            &raw.vip.https_port,
+            "tls.redirect_http and tls.hsts need HTTPS, and vip.https_port is 0".into(),
+            "set vip.https_port (e.g. 8443), or turn redirect_http and hsts off",
+        );
+    }
+    if tls_mode == Some(TlsMode::Passthrough) && raw.tls.redirect_http {
+        // Fine: the lbs still answer HTTP themselves.
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    let certificates: Vec<CertFiles> = raw
+        .tls
+        .certificate
+        .iter()
+        .map(|c| CertFiles {
+            cert: base.join(c.cert.get_ref()),
+            key: base.join(c.key.get_ref()),
+        })
+        .collect();
+    for (i, cf) in raw.tls.certificate.iter().enumerate() {
+        for (v, what) in [(&cf.cert, "cert"), (&cf.key, "key")] {
+            if v.get_ref().trim().is_empty() {
+                c.error(
+                    v,
+                    format!("tls.certificate #{} has an empty {what} path", i + 1),
+                    "give the PEM file's path, relative to this file or absolute",
+                );
+            }
+        }
+    }
 
     let p = &raw.ports;
     for (v, what) in [
         (&p.admin, "ports.admin"),
         (&p.web, "ports.web"),
+        (&p.web_https, "ports.web_https"),
         (&p.app, "ports.app"),
         (&p.db, "ports.db"),
         (&p.vrrp, "ports.vrrp"),
@@ -472,8 +578,16 @@ pub(crate) fn validate(
     ] {
         c.positive(v, what);
     }
+    if p.web_https.get_ref() == p.web.get_ref() {
+        c.error(
+            &p.web_https,
+            format!("ports.web_https is the same port as ports.web ({})", p.web.get_ref()),
+            "the web nodes serve the tier's HTTP and clients' HTTPS (passthrough) on different ports",
+        );
+    }
     for (v, what) in [
         (&p.web, "ports.web"),
+        (&p.web_https, "ports.web_https"),
         (&p.app, "ports.app"),
         (&p.db, "ports.db"),
         (&p.raft, "ports.raft"),
@@ -738,9 +852,18 @@ pub(crate) fn validate(
         state_dir: PathBuf::from(raw.site.state_dir),
         vip,
         http_port: raw.vip.port.into_inner(),
+        https_port: Some(raw.vip.https_port.into_inner()).filter(|p| *p != 0),
+        tls: TlsSettings {
+            internal: raw.tls.internal,
+            mode: tls_mode.unwrap_or(TlsMode::Terminate),
+            redirect_http: raw.tls.redirect_http,
+            hsts: raw.tls.hsts,
+            certificates,
+        },
         ports: Ports {
             admin: p.admin.clone().into_inner(),
             web: p.web.clone().into_inner(),
+            web_https: p.web_https.clone().into_inner(),
             app: p.app.clone().into_inner(),
             db: p.db.clone().into_inner(),
             vrrp: p.vrrp.clone().into_inner(),

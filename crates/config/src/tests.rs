@@ -481,3 +481,94 @@ fn passwords_are_generated_unless_named() {
     let e = one_error_at(&text, line_of(&text, "password = \"\""), "db.password");
     assert_eq!(e.message, "db.password is empty or has control characters");
 }
+
+#[test]
+fn tls_defaults_are_internal_tls_and_https_on_8443() {
+    let t = Topology::default_topology();
+    assert_eq!(t.https_port, Some(8443));
+    assert!(t.tls.internal);
+    assert_eq!(t.tls.mode, TlsMode::Terminate);
+    assert!(!t.tls.redirect_http && !t.tls.hsts && t.tls.certificates.is_empty());
+    assert_eq!(
+        t.site_https_url().as_deref(),
+        Some("https://www.foobar.com:8443/")
+    );
+    let t = parse(
+        &edited("https_port = 8443 ", "https_port = 0 "),
+        Path::new("t.toml"),
+    )
+    .expect("no HTTPS is valid");
+    assert_eq!(t.https_port, None);
+}
+
+#[test]
+fn own_certificates_are_relative_to_the_file() {
+    let text = format!(
+        "{DEFAULT_TOPOLOGY}\n[[tls.certificate]]\ncert = \"certs/a.crt\"\nkey = \"/etc/k.key\"\n"
+    );
+    let t = parse(&text, Path::new("/srv/site/hastack.toml")).expect("valid");
+    assert_eq!(
+        t.tls.certificates,
+        [CertFiles {
+            cert: PathBuf::from("/srv/site/certs/a.crt"),
+            key: PathBuf::from("/etc/k.key"),
+        }]
+    );
+}
+
+#[test]
+fn https_port_equal_to_the_http_port() {
+    let text = edited("https_port = 8443 ", "https_port = 8080 ");
+    let e = one_error_at(
+        &text,
+        line_of(&text, "https_port = 8080"),
+        "vip.https_port is the same port as vip.port (8080)",
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some(
+            "HTTP and HTTPS need ports of their own on the VIP (8080 and 8443), or 0 for no HTTPS"
+        )
+    );
+}
+
+#[test]
+fn unknown_tls_mode() {
+    let text = edited("mode = \"terminate\"", "mode = \"offload\"");
+    one_error_at(
+        &text,
+        line_of(&text, "mode = \"offload\""),
+        "unknown tls.mode \"offload\", expected \"terminate\" or \"passthrough\"",
+    );
+}
+
+#[test]
+fn redirect_without_https() {
+    let text = edited("https_port = 8443 ", "https_port = 0 ")
+        .replace("redirect_http = false", "redirect_http = true");
+    one_error_at(
+        &text,
+        line_of(&text, "https_port = 0"),
+        "tls.redirect_http and tls.hsts need HTTPS, and vip.https_port is 0",
+    );
+}
+
+#[test]
+fn web_https_port_equal_to_the_web_port() {
+    let text = edited("web_https = 8444", "web_https = 8081");
+    one_error_at(
+        &text,
+        line_of(&text, "web_https = 8081"),
+        "ports.web_https is the same port as ports.web (8081)",
+    );
+}
+
+#[test]
+fn empty_certificate_path() {
+    let text = format!("{DEFAULT_TOPOLOGY}\n[[tls.certificate]]\ncert = \"\"\nkey = \"k.key\"\n");
+    one_error_at(
+        &text,
+        line_of(&text, "cert = \"\""),
+        "tls.certificate #1 has an empty cert path",
+    );
+}
