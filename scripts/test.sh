@@ -18,6 +18,9 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)        
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)        # isolated mode: firewalls
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)  # VRRP interop test
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)          # HTTPS and HTTP/2 tests: a real client
+command -v openssl >/dev/null 2>&1 || need+=(openssl)    # reads the certificate a server shows
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)  # the browser trusts the internal CA
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

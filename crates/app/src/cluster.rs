@@ -16,6 +16,11 @@
 //! - a read-only node serves reads while its replication SQL thread runs and its lag is
 //!   within `db.max_replica_lag`; an IO thread that is reconnecting (the primary just
 //!   died) does not stop it: reads never depend on the primary.
+//!
+//! The probes run over connections made like the pools' (over TLS with `tls.internal`).
+//! When it opens one, the monitor asks the session's cipher (`Ssl_cipher`), so the view
+//! shows whether the app's sessions are encrypted ([`View::db_tls`]) at no cost per
+//! request.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -259,6 +264,10 @@ pub struct View {
     pub primary: Option<usize>,
     /// Every db node, in topology order.
     pub nodes: Vec<NodeView>,
+    /// The TLS cipher of the app's session with the primary (or, with none, with the
+    /// first node that answered); `None` when that session is not encrypted or there is
+    /// none.
+    pub db_tls: Option<String>,
 }
 
 impl View {
@@ -276,6 +285,7 @@ impl View {
                     },
                 })
                 .collect(),
+            db_tls: None,
         }
     }
 
@@ -293,6 +303,7 @@ impl View {
                     state,
                 })
                 .collect(),
+            db_tls: None,
         }
     }
 
@@ -438,11 +449,22 @@ impl Cluster {
         }
     }
 
-    /// Publishes a probe round, logging what changed.
-    pub(crate) fn publish(&self, probes: &[Probe]) {
+    /// Publishes a probe round and the TLS cipher of each node's probe session (`None`
+    /// when plain or not connected), logging what changed.
+    pub(crate) fn publish(&self, probes: &[Probe], ciphers: &[Option<String>]) {
         let old = self.view.borrow().clone();
         let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        let new = View::from_probes(old.round + 1, &names, probes, self.limits.max_replica_lag);
+        let mut new = View::from_probes(old.round + 1, &names, probes, self.limits.max_replica_lag);
+        let session = new
+            .primary
+            .or_else(|| (0..new.nodes.len()).find(|&i| new.answers(i)));
+        new.db_tls = session.and_then(|i| ciphers.get(i).cloned().flatten());
+        if new.db_tls != old.db_tls && session.is_some() {
+            match &new.db_tls {
+                Some(cipher) => info!(cipher, "sessions with the db nodes are encrypted (TLS)"),
+                None => info!("sessions with the db nodes are not encrypted"),
+            }
+        }
         log_changes(&old, &new);
         if old.primary != new.primary || old.round == 0 {
             for (i, n) in new.nodes.iter().enumerate() {
@@ -495,7 +517,7 @@ fn log_changes(old: &View, new: &View) {
 /// Probes every db node every [`PROBE_INTERVAL`] (or at once when asked) and publishes
 /// the view, until `shutdown` turns true.
 pub(crate) async fn monitor(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
-    let mut conns: Vec<Option<MySqlConnection>> = cluster.nodes.iter().map(|_| None).collect();
+    let mut conns: Vec<Option<ProbeConn>> = cluster.nodes.iter().map(|_| None).collect();
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + PROBE_INTERVAL, PROBE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -526,7 +548,11 @@ pub(crate) async fn monitor(cluster: Arc<Cluster>, mut shutdown: watch::Receiver
                 Err(e) => error!(error = %e, "a db probe task failed"),
             }
         }
-        cluster.publish(&probes);
+        let ciphers: Vec<Option<String>> = conns
+            .iter()
+            .map(|c| c.as_ref().and_then(|c| c.tls_cipher.clone()))
+            .collect();
+        cluster.publish(&probes, &ciphers);
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -539,12 +565,36 @@ pub(crate) async fn monitor(cluster: Arc<Cluster>, mut shutdown: watch::Receiver
     }
 }
 
+/// A probe connection and its session's TLS cipher (`None`: not encrypted).
+struct ProbeConn {
+    conn: MySqlConnection,
+    tls_cipher: Option<String>,
+}
+
+/// Opens a probe connection and asks its cipher, once: it holds for the session.
+async fn connect(options: &MySqlConnectOptions) -> Result<ProbeConn, String> {
+    let mut conn = MySqlConnection::connect_with(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls_cipher = match conn
+        .fetch_optional("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await
+    {
+        Ok(row) => row
+            .and_then(|r| r.try_get_unchecked::<Option<String>, _>(1).ok().flatten())
+            .filter(|c| !c.is_empty()),
+        Err(sqlx::Error::Database(_)) => None,
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(ProbeConn { conn, tls_cipher })
+}
+
 /// One probe of one node over its probe connection (made if there is none, dropped
 /// on failure), bounded by [`PROBE_TIMEOUT`].
 async fn probe_node(
     options: &MySqlConnectOptions,
-    conn: Option<MySqlConnection>,
-) -> (Option<MySqlConnection>, Probe) {
+    conn: Option<ProbeConn>,
+) -> (Option<ProbeConn>, Probe) {
     match tokio::time::timeout(PROBE_TIMEOUT, probe_inner(options, conn)).await {
         Ok(found) => found,
         Err(_) => (
@@ -556,17 +606,17 @@ async fn probe_node(
 
 async fn probe_inner(
     options: &MySqlConnectOptions,
-    conn: Option<MySqlConnection>,
-) -> (Option<MySqlConnection>, Probe) {
+    conn: Option<ProbeConn>,
+) -> (Option<ProbeConn>, Probe) {
     let mut conn = match conn {
         Some(c) => c,
-        None => match MySqlConnection::connect_with(options).await {
+        None => match connect(options).await {
             Ok(c) => c,
-            Err(e) => return (None, Probe::Unreachable(e.to_string())),
+            Err(e) => return (None, Probe::Unreachable(e)),
         },
     };
     // Plain-text queries (no prepared statement): every value comes back as text.
-    let read_only = match conn.fetch_one("SELECT @@global.read_only").await {
+    let read_only = match conn.conn.fetch_one("SELECT @@global.read_only").await {
         Ok(row) => match row.try_get_unchecked::<Option<String>, _>(0) {
             Ok(v) => parse_read_only(v.as_deref()),
             Err(e) => return (Some(conn), Probe::Unreachable(e.to_string())),
@@ -582,7 +632,7 @@ async fn probe_inner(
             },
         );
     }
-    let replication = match conn.fetch_optional("SHOW SLAVE STATUS").await {
+    let replication = match conn.conn.fetch_optional("SHOW SLAVE STATUS").await {
         Ok(None) => Replication::NotConfigured,
         Ok(Some(row)) => replication_from_row(&row),
         // The server answered with an error (e.g. a missing privilege): keep the link.

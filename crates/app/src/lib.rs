@@ -10,7 +10,9 @@
 //! - Bad input → 400 with `{"error": "..."}`. No writable primary (a failover under
 //!   way), or no node able to answer a read → 503 with `Retry-After: 1`.
 //! - `GET /healthz` → 200 while the app can read (even with no primary), with
-//!   `can_read`, `can_write`, `primary` and each replica's state; 503 when it cannot.
+//!   `can_read`, `can_write`, `primary`, each replica's state and `db_tls` (the TLS
+//!   cipher of the app's sessions with the db nodes, `null` when plain); 503 when it
+//!   cannot.
 //!
 //! Every response carries `X-Served-By: <node>`, which the web and lb tiers extend.
 //! Where the data lives and how the app follows the primary: [`store`] and [`cluster`].
@@ -21,7 +23,7 @@ pub mod metrics;
 pub mod page;
 pub mod store;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +41,13 @@ use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
+use hastack_tls::pki::PkiError;
 
 pub use idempotency::IdempotencyKey;
 pub use metrics::AppMetrics;
-pub use store::{Created, Limits, MariaDbAccount, MariaDbTarget, Post, Store, StoreError};
+pub use store::{
+    ClientTls, Created, Limits, MariaDbAccount, MariaDbTarget, Post, Store, StoreError,
+};
 
 /// Longest author name, in characters.
 pub const MAX_AUTHOR: usize = 64;
@@ -73,6 +78,12 @@ pub enum AppError {
     /// The primary did not answer before the deadline.
     #[error("the database did not accept the schema within {0:?}: {1}")]
     PrimaryUnavailable(Duration, String),
+    /// The certificates cannot be used.
+    #[error(transparent)]
+    Tls(#[from] hastack_tls::TlsError),
+    /// The node's certificate of the internal CA could not be read or issued.
+    #[error("internal CA: {0}")]
+    Pki(#[from] PkiError),
 }
 
 #[derive(Clone)]
@@ -291,6 +302,7 @@ async fn health_report(store: &Store, node: &str) -> HealthReport {
             "primary": h.primary,
             "replicas": h.replicas,
             "problem": h.problem,
+            "db_tls": h.db_tls,
         }),
     }
 }
@@ -319,10 +331,21 @@ pub fn router(store: Store, node: &str) -> Router {
         }))
 }
 
+/// Makes sure app node `node`'s certificate of the internal CA exists (issuing it if
+/// not; [`Pki::ensure`] is idempotent and locked, so the supervisor may do the same at
+/// once) and returns the files it connects to the db nodes with, by absolute paths.
+async fn db_client_tls(
+    topo: &Topology,
+    node: &hastack_config::Node,
+) -> Result<ClientTls, PkiError> {
+    hastack_tls::pki::node_files(&topo.state_dir, &node.name, IpAddr::V4(node.address))
+}
+
 /// The store of `data` for the topology's db tier: every db node, the app's account.
 async fn open_store(
     topo: &Topology,
     data: &DataSource,
+    tls: Option<&ClientTls>,
     metrics: &AppMetrics,
 ) -> Result<Store, StoreError> {
     let limits = Limits::from_settings(&topo.db);
@@ -341,6 +364,7 @@ async fn open_store(
                 database: topo.db.database.clone(),
                 user: topo.db.user.clone(),
                 password: secrets.app.clone(),
+                tls: tls.cloned(),
             };
             Ok(Store::mariadb(&targets, &account, limits, metrics.clone()))
         }
@@ -362,6 +386,10 @@ pub async fn run(
     let listener = bind_tcp(service_addr, "http", false)?;
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
 
+    let db_tls = match data {
+        DataSource::MariaDb(_) if topo.tls.internal => Some(db_client_tls(topo, node).await?),
+        _ => None,
+    };
     let metrics = AppMetrics::default();
     let deadline = Duration::from_secs(60);
     let started = Instant::now();
@@ -375,7 +403,7 @@ pub async fn run(
         let attempt = async {
             let opened = match &store {
                 Some(s) => s,
-                None => store.insert(open_store(topo, &data, &metrics).await?),
+                None => store.insert(open_store(topo, &data, db_tls.as_ref(), &metrics).await?),
             };
             if monitor.is_none() {
                 monitor = opened.spawn_monitor(shutdown.clone());
@@ -400,6 +428,13 @@ pub async fn run(
 
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let acceptor = if topo.tls.internal {
+        let tls = hastack_tls::NodeTls::open(topo, node, &mut registry)?;
+        tls.spawn_reloader(shutdown.clone());
+        Some(tls.internal_acceptor()?)
+    } else {
+        None
+    };
     let probe = {
         let store = store.clone();
         let name = name.to_string();
@@ -413,13 +448,24 @@ pub async fn run(
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
     let app = router(store, name);
-    info!(node = name, addr = %service_addr, "app ready");
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    });
-    if let Err(e) = serve.await {
-        warn!(error = %e, "app server stopped with an error");
-    }
+    info!(node = name, addr = %service_addr, tls = acceptor.is_some(), "app ready");
+    // The same serving loop as the other tiers (TLS with client certificates when
+    // internal TLS is on), with the axum router as the handler.
+    hastack_runtime::serve(
+        listener,
+        acceptor,
+        move |req: hyper::Request<hyper::body::Incoming>, _peer| {
+            let mut app = app.clone();
+            async move {
+                match tower::Service::call(&mut app, req.map(axum::body::Body::new)).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            }
+        },
+        shutdown,
+    )
+    .await;
     let _ = admin_task.await;
     if let Some(monitor) = monitor {
         let _ = monitor.await;
@@ -699,6 +745,7 @@ mod tests {
                 database: "foobar".into(),
                 user: "app".into(),
                 password: "secret".into(),
+                tls: None,
             };
             let store = Store::mariadb(&targets, &account, LIMITS, AppMetrics::default());
             let (stop, shutdown) = watch::channel(false);

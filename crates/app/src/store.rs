@@ -23,6 +23,11 @@
 //!
 //! Every query or transaction is bounded by `db.query_timeout`, on the client and with
 //! `max_statement_time` on the server.
+//!
+//! With [`ClientTls`] (`tls.internal`) every connection to a db node runs over TLS: the
+//! app node's certificate of the internal CA as client certificate, the db node's
+//! verified against the CA and the address connected to (its IP SAN). sqlx reads the
+//! files at each new connection, so re-issued certificates need no restart.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,7 +36,7 @@ use std::time::Duration;
 use chrono::{NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::mysql::{
-    MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions,
+    MySql, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions, MySqlSslMode,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -161,6 +166,10 @@ pub struct MariaDbTarget {
     pub port: u16,
 }
 
+/// The files of TLS to the db nodes: the app node's certificate of the internal CA and
+/// the CA that signed the db nodes'.
+pub type ClientTls = hastack_tls::pki::NodeFiles;
+
 /// The app's MariaDB account.
 #[derive(Clone)]
 pub struct MariaDbAccount {
@@ -170,6 +179,8 @@ pub struct MariaDbAccount {
     pub user: String,
     /// Its password.
     pub password: String,
+    /// TLS to the db nodes (`tls.internal`); `None`: no TLS options.
+    pub tls: Option<ClientTls>,
 }
 
 impl std::fmt::Debug for MariaDbAccount {
@@ -177,6 +188,7 @@ impl std::fmt::Debug for MariaDbAccount {
         f.debug_struct("MariaDbAccount")
             .field("database", &self.database)
             .field("user", &self.user)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -205,6 +217,9 @@ pub struct DbHealth {
     pub replicas: Vec<ReplicaHealth>,
     /// Why writes or reads cannot be served, if they cannot.
     pub problem: Option<String>,
+    /// The TLS cipher of one of the app's sessions (with the primary if there is one),
+    /// as the last probe found it; `None` when not encrypted (or SQLite).
+    pub db_tls: Option<String>,
 }
 
 /// Where posts live. Clones share pools, view and counters.
@@ -272,6 +287,14 @@ impl Store {
                     .username(&account.user)
                     .password(&account.password)
                     .charset("utf8mb4");
+                let base = match &account.tls {
+                    Some(tls) => base
+                        .ssl_mode(MySqlSslMode::VerifyIdentity)
+                        .ssl_ca(&tls.ca)
+                        .ssl_client_cert(&tls.cert)
+                        .ssl_client_key(&tls.key),
+                    None => base,
+                };
                 let pool = MySqlPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -495,6 +518,7 @@ impl Store {
                         })
                         .collect(),
                     problem,
+                    db_tls: v.db_tls.clone(),
                 }
             }
             Backend::Sqlite(pool) => {
@@ -510,6 +534,7 @@ impl Store {
                     primary: None,
                     replicas: Vec::new(),
                     problem,
+                    db_tls: None,
                 }
             }
         }

@@ -14,12 +14,19 @@
 //!
 //! What the node shows on `/healthz` is the reconciler's last [`Snapshot`], so a health
 //! check costs no query.
+//!
+//! With `tls.internal`, every TCP connection the agent makes or configures runs over
+//! TLS with the node's certificate of the internal CA, verifying the other side's
+//! against it: its own connections to other nodes' `mariadbd` (fencing, failover) and
+//! the replication `CHANGE MASTER`. The reconciler notices a re-issued certificate
+//! (the file replaced) and has the local `mariadbd` re-read it (`FLUSH LOCAL SSL`).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::Row;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -30,7 +37,7 @@ use crate::failover::{
     Timing,
 };
 use crate::lock;
-use crate::mycnf::sql_string;
+use crate::mycnf::{TlsFiles, sql_string};
 use crate::raft::{self, Raft, Shared};
 
 /// How often the reconciler and the arbiter look.
@@ -45,6 +52,8 @@ const BOOTSTRAP_GRACE: Duration = Duration::from_secs(30);
 const RESTART_GRACE: Duration = Duration::from_secs(10);
 /// Bound of one query the agent makes.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the reconciler looks whether the node's certificate was re-issued.
+const CERT_CHECK: Duration = Duration::from_secs(3);
 
 /// One db node of the topology, as the agent addresses it.
 #[derive(Debug, Clone)]
@@ -82,6 +91,9 @@ pub struct Settings {
     pub app_user: String,
     /// The server's last stop was a crash, not a clean shutdown.
     pub after_crash: bool,
+    /// TLS between db nodes (`tls.internal`): this node's certificate of the internal
+    /// CA; `None`: plain.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Settings {
@@ -113,6 +125,7 @@ impl Settings {
             admin_password: secrets.admin.clone(),
             app_user: topo.db.user.clone(),
             after_crash: false,
+            tls: None,
         })
     }
 
@@ -161,18 +174,29 @@ pub struct Snapshot {
 /// The agent's shared view, read by `/healthz`.
 pub type SharedSnapshot = Arc<Mutex<Snapshot>>;
 
-/// How to reach a peer's `mariadbd` over TCP as hastack's admin account.
-fn admin_options(p: &Peer, password: &str) -> MySqlConnectOptions {
-    MySqlConnectOptions::new()
+/// How to reach a peer's `mariadbd` over TCP as hastack's admin account: with `tls`,
+/// over TLS with this node's certificate, the peer's verified against the CA and its
+/// address (the certificate's IP SAN). The files are read at each new connection, so
+/// a re-issued certificate is picked up.
+fn admin_options(p: &Peer, password: &str, tls: Option<&TlsFiles>) -> MySqlConnectOptions {
+    let opts = MySqlConnectOptions::new()
         .host(&p.host)
         .port(p.port)
         .username("hastack_admin")
-        .password(password)
+        .password(password);
+    match tls {
+        Some(t) => opts
+            .ssl_mode(MySqlSslMode::VerifyIdentity)
+            .ssl_ca(&t.ca)
+            .ssl_client_cert(&t.cert)
+            .ssl_client_key(&t.key),
+        None => opts,
+    }
 }
 
 /// A pool to a peer's `mariadbd` over TCP as hastack's admin account.
-fn peer_pool(p: &Peer, password: &str) -> MySqlPool {
-    let opts = admin_options(p, password);
+fn peer_pool(p: &Peer, password: &str, tls: Option<&TlsFiles>) -> MySqlPool {
+    let opts = admin_options(p, password, tls);
     MySqlPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_millis(500))
@@ -349,14 +373,74 @@ async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
     exec(pool, "SET GLOBAL read_only = 1").await
 }
 
-fn change_master(primary: &Peer, repl_password: &str) -> String {
+/// The `CHANGE MASTER` that makes this server replicate from `primary`. With `tls`, the
+/// replica connects over TLS with its node's certificate and verifies the primary's
+/// against the CA and its address; without, plain (said explicitly: the settings of an
+/// earlier `CHANGE MASTER` would otherwise stay).
+fn change_master(primary: &Peer, repl_password: &str, tls: Option<&TlsFiles>) -> String {
+    let ssl = match tls {
+        Some(t) => format!(
+            "MASTER_SSL=1, MASTER_SSL_CA={}, MASTER_SSL_CERT={}, MASTER_SSL_KEY={}, \
+             MASTER_SSL_VERIFY_SERVER_CERT=1",
+            sql_string(&t.ca.display().to_string()),
+            sql_string(&t.cert.display().to_string()),
+            sql_string(&t.key.display().to_string()),
+        ),
+        None => "MASTER_SSL=0, MASTER_SSL_VERIFY_SERVER_CERT=0".to_string(),
+    };
     format!(
         "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='hastack_repl', MASTER_PASSWORD={}, \
-         MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=0.5",
+         MASTER_USE_GTID=current_pos, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=0.5, {ssl}",
         sql_string(&primary.host),
         primary.port,
         sql_string(repl_password)
     )
+}
+
+/// Notices when the node's certificate (or the CA) is replaced on disk: the files are
+/// re-issued by a rename, so their inode and modification time change.
+struct CertWatch {
+    files: Vec<PathBuf>,
+    /// What the files were when the server last (re-)read them; `None`: not known.
+    seen: Option<Vec<Option<(u64, SystemTime)>>>,
+    next: Instant,
+}
+
+impl CertWatch {
+    fn new(tls: &TlsFiles) -> CertWatch {
+        CertWatch {
+            files: vec![tls.cert.clone(), tls.key.clone(), tls.ca.clone()],
+            seen: None,
+            next: Instant::now(),
+        }
+    }
+
+    fn stamp(&self) -> Vec<Option<(u64, SystemTime)>> {
+        use std::os::unix::fs::MetadataExt;
+        self.files
+            .iter()
+            .map(|f| {
+                let m = std::fs::metadata(f).ok()?;
+                Some((m.ino(), m.modified().ok()?))
+            })
+            .collect()
+    }
+
+    /// At most every [`CERT_CHECK`]: the files' stamp when they changed since they were
+    /// last read (or never were, by this watch), to pass to [`CertWatch::read`] once
+    /// the server has re-read them.
+    fn changed(&mut self, now: Instant) -> Option<Vec<Option<(u64, SystemTime)>>> {
+        if now < self.next {
+            return None;
+        }
+        self.next = now + CERT_CHECK;
+        let stamp = self.stamp();
+        (self.seen.as_ref() != Some(&stamp)).then_some(stamp)
+    }
+
+    fn read(&mut self, stamp: Vec<Option<(u64, SystemTime)>>) {
+        self.seen = Some(stamp);
+    }
 }
 
 /// The agent of one db node.
@@ -439,6 +523,7 @@ impl Agent {
         let mut pending = Vec::new();
         let mut last_semi = None;
         let mut last_leader: Option<String> = None;
+        let mut certs = self.settings.tls.as_ref().map(CertWatch::new);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -456,6 +541,9 @@ impl Agent {
                 }
             }
             let state = cluster.borrow_and_update().clone();
+            if let Some(w) = certs.as_mut() {
+                self.reload_certificate(w).await;
+            }
             let observed = observe(&self.local).await;
             let now = Instant::now();
             let (obs, detail) = match &observed {
@@ -522,6 +610,32 @@ impl Agent {
             snap.cluster = state;
             snap.leader = leader;
             snap.lease_left_ms = lease_left;
+        }
+    }
+
+    /// Has the local `mariadbd` re-read its certificate, key and CA (`FLUSH SSL`: new
+    /// connections get them, established ones go on) when the files were replaced. The
+    /// first look after start reloads too, in case they changed while it started.
+    async fn reload_certificate(&self, w: &mut CertWatch) {
+        let Some(stamp) = w.changed(Instant::now()) else {
+            return;
+        };
+        let first = w.seen.is_none();
+        // LOCAL: a plain FLUSH is written to the binlog, which would give this server a
+        // transaction the others lack (a replica would diverge from its primary).
+        match exec(&self.local, "FLUSH LOCAL SSL").await {
+            Ok(()) => {
+                if !first {
+                    info!(
+                        certificate = %w.files[0].display(),
+                        "certificate re-issued: mariadbd re-read it (FLUSH LOCAL SSL)"
+                    );
+                }
+                w.read(stamp);
+            }
+            // Retried at the next check (a certificate and key caught between their
+            // two renames do not match).
+            Err(e) => warn!(error = %e, "could not have mariadbd re-read its certificate"),
         }
     }
 
@@ -669,7 +783,15 @@ impl Agent {
         exec(pool, "STOP SLAVE").await?;
         exec(pool, "SET GLOBAL rpl_semi_sync_master_enabled = OFF").await?;
         exec(pool, "SET GLOBAL rpl_semi_sync_slave_enabled = ON").await?;
-        exec(pool, &change_master(primary, &self.settings.repl_password)).await?;
+        exec(
+            pool,
+            &change_master(
+                primary,
+                &self.settings.repl_password,
+                self.settings.tls.as_ref(),
+            ),
+        )
+        .await?;
         exec(pool, "START SLAVE").await
     }
 
@@ -683,7 +805,7 @@ impl Agent {
                 let pool = if p.name == self.settings.me.name {
                     self.local.clone()
                 } else {
-                    peer_pool(p, &self.settings.admin_password)
+                    peer_pool(p, &self.settings.admin_password, self.settings.tls.as_ref())
                 };
                 (p.clone(), pool)
             })
@@ -815,7 +937,8 @@ impl Agent {
                 // One connection attempt: a refused connection answers at once, where
                 // the pool would retry until its timeout.
                 use sqlx::Connection;
-                let opts = admin_options(p, &self.settings.admin_password);
+                let opts =
+                    admin_options(p, &self.settings.admin_password, self.settings.tls.as_ref());
                 let attempt = sqlx::MySqlConnection::connect_with(&opts);
                 match tokio::time::timeout(Duration::from_millis(500), attempt).await {
                     Err(_) => "lease expired; old primary's server did not answer".to_string(),
@@ -908,5 +1031,78 @@ impl Agent {
             Ok(Outcome::Refused(why)) => Err(why),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary() -> Peer {
+        Peer {
+            name: "db1".into(),
+            id: 1,
+            host: "127.0.4.1".into(),
+            port: 3306,
+        }
+    }
+
+    fn files(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("nodes/db2.crt"),
+            key: dir.join("nodes/db2.key"),
+        }
+    }
+
+    #[test]
+    fn replication_runs_over_tls_verifying_the_primary_when_internal() {
+        let tls = files(std::path::Path::new("/s/pki"));
+        let sql = change_master(&primary(), "p'w", Some(&tls));
+        for part in [
+            "MASTER_HOST='127.0.4.1'",
+            "MASTER_PASSWORD='p''w'",
+            "MASTER_SSL=1",
+            "MASTER_SSL_CA='/s/pki/ca.crt'",
+            "MASTER_SSL_CERT='/s/pki/nodes/db2.crt'",
+            "MASTER_SSL_KEY='/s/pki/nodes/db2.key'",
+            "MASTER_SSL_VERIFY_SERVER_CERT=1",
+        ] {
+            assert!(sql.contains(part), "missing {part} in {sql}");
+        }
+        let plain = change_master(&primary(), "pw", None);
+        assert!(
+            plain.contains("MASTER_SSL=0") && !plain.contains("MASTER_SSL_CA"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_replaced_by_a_rename_is_noticed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let tls = files(d.path());
+        std::fs::create_dir_all(d.path().join("nodes")).expect("mkdir");
+        for f in [&tls.ca, &tls.cert, &tls.key] {
+            std::fs::write(f, "one").expect("write");
+        }
+        let mut w = CertWatch::new(&tls);
+        let t0 = Instant::now();
+        let first = w.changed(t0).expect("unknown at first: read once");
+        w.read(first);
+        assert!(w.changed(t0 + CERT_CHECK).is_none(), "unchanged");
+        let tmp = d.path().join("nodes/db2.crt.tmp");
+        std::fs::write(&tmp, "two").expect("write");
+        std::fs::rename(&tmp, &tls.cert).expect("rename");
+        assert!(
+            w.changed(t0 + CERT_CHECK).is_none(),
+            "not looked at again before CERT_CHECK"
+        );
+        let stamp = w
+            .changed(t0 + CERT_CHECK * 2)
+            .expect("the re-issued certificate is noticed");
+        // Not re-read (FLUSH SSL failed): still changed at the next check.
+        assert!(w.changed(t0 + CERT_CHECK * 3).is_some());
+        w.read(stamp);
+        assert!(w.changed(t0 + CERT_CHECK * 4).is_none());
     }
 }

@@ -8,6 +8,11 @@
 //! fails over when the primary's lease expires (`failover.rs`, the pure rules).
 //! `/healthz` reports the role and the replication state. If `mariadbd` exits, the node
 //! exits too: a dead database is shown as a dead node.
+//!
+//! With `tls.internal` the node first makes sure its certificate of the stack's internal
+//! CA exists (`<state_dir>/pki/nodes/NAME.crt`, issued if not), and `mariadbd` serves
+//! TCP only over TLS with it (`mycnf.rs`); replication and the agent's connections to
+//! other nodes use it as their client certificate (`agent.rs`).
 
 pub mod agent;
 pub mod failover;
@@ -15,13 +20,14 @@ pub mod mycnf;
 pub mod raft;
 pub mod rebuild;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -29,7 +35,8 @@ use tracing::{info, warn};
 use hastack_config::{Role, Topology};
 use hastack_runtime::secrets::DbSecrets;
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
-use mycnf::{Accounts, Instance, Layout};
+use hastack_tls::pki::PkiError;
+use mycnf::{Accounts, Instance, Layout, TlsFiles};
 use serde_json::json;
 
 /// How long `mariadb-install-db` may take.
@@ -90,6 +97,9 @@ pub enum DbError {
     /// A re-seed failed.
     #[error("rebuild: {0}")]
     Rebuild(String),
+    /// The node's certificate of the internal CA could not be read or issued.
+    #[error("internal CA: {0}")]
+    Pki(#[from] PkiError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DbError + '_ {
@@ -153,6 +163,11 @@ pub async fn run(
     ] {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
+    let tls = if topo.tls.internal {
+        Some(node_tls(state_dir, name, node.address).await?)
+    } else {
+        None
+    };
     let instance = Instance {
         server_id: settings.me.id as u32,
         address: node.address.to_string(),
@@ -160,6 +175,7 @@ pub async fn run(
         buffer_pool_mb: topo.db.buffer_pool_mb,
         semi_sync_timeout_ms: settings.semi_sync_timeout_ms(),
         as_root: nix::unistd::geteuid().is_root(),
+        tls: tls.clone(),
     };
     std::fs::write(&layout.cnf, mycnf::my_cnf(&layout, &instance)).map_err(io_err(&layout.cnf))?;
     // Accounts are scoped to the addresses their users connect from. On loopback every
@@ -198,6 +214,7 @@ pub async fn run(
     // and removed at start, so its absence on an installed datadir means a crash.
     let clean_marker = layout.base.join("stopped-cleanly");
     let mut settings = settings;
+    settings.tls = tls;
     settings.after_crash = layout.installed.exists() && !clean_marker.exists();
     let _ = std::fs::remove_file(&clean_marker);
     if settings.after_crash {
@@ -307,6 +324,18 @@ pub async fn run(
     }
     let _ = admin_task.await;
     result
+}
+
+/// Makes sure db node `name`'s certificate of the internal CA exists, holds its name and
+/// address and is not due for renewal (issuing it if not: [`Pki::ensure`] is idempotent
+/// and takes the PKI's lock, so the supervisor and every node may call it at once), and
+/// returns its files by absolute paths, as `mariadbd` and `CHANGE MASTER` want them.
+async fn node_tls(state_dir: &Path, name: &str, address: Ipv4Addr) -> Result<TlsFiles, DbError> {
+    Ok(hastack_tls::pki::node_files(
+        state_dir,
+        name,
+        IpAddr::V4(address),
+    )?)
 }
 
 /// A lock that survives a panicked holder (the data is plain state, still usable).
@@ -505,8 +534,11 @@ async fn wait_until_up(
     admin_password: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<MySqlPool>, DbError> {
+    // Plain over the socket: sqlx would otherwise negotiate TLS whenever the server
+    // offers it (it does with `tls.internal`), for nothing.
     let opts = MySqlConnectOptions::new()
         .socket(&layout.socket)
+        .ssl_mode(MySqlSslMode::Disabled)
         .username("hastack_admin")
         .password(admin_password);
     let started = Instant::now();

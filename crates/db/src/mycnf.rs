@@ -1,5 +1,9 @@
 //! The files a `mariadbd` instance is made of: its `my.cnf` and the init file that
 //! creates hastack's users on every start. Pure text generation, tested as such.
+//!
+//! With `tls.internal` the server presents its node's certificate of the stack's
+//! internal CA and refuses TCP connections without TLS (`require_secure_transport`;
+//! the unix socket stays open to hastack's own admin connections).
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +48,10 @@ impl Layout {
     }
 }
 
+/// The TLS files of one node, issued by the stack's internal CA (`<state_dir>/pki/`),
+/// absolute paths.
+pub type TlsFiles = hastack_tls::pki::NodeFiles;
+
 /// What differs between instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -59,6 +67,8 @@ pub struct Instance {
     pub semi_sync_timeout_ms: u64,
     /// Run as root (`user=root`), which mariadbd refuses without saying so.
     pub as_root: bool,
+    /// TLS with the node's certificate, required over TCP; `None`: plain.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The `my.cnf` of one instance.
@@ -119,6 +129,15 @@ pub fn my_cnf(l: &Layout, i: &Instance) -> String {
     );
     // A replica notices a silent primary within seconds, not the default minute.
     kv("slave_net_timeout", "5");
+    if let Some(tls) = &i.tls {
+        // The node's certificate for clients and replicas (which verify it against the
+        // CA), the CA for their certificates; TCP without TLS is refused. `FLUSH SSL`
+        // re-reads the files when they are re-issued.
+        kv("ssl_ca", &tls.ca.display().to_string());
+        kv("ssl_cert", &tls.cert.display().to_string());
+        kv("ssl_key", &tls.key.display().to_string());
+        kv("require_secure_transport", "ON");
+    }
     s
 }
 
@@ -223,7 +242,40 @@ mod tests {
             buffer_pool_mb: 64,
             semi_sync_timeout_ms: 1000,
             as_root: true,
+            tls: None,
         }
+    }
+
+    #[test]
+    fn internal_tls_gives_the_node_certificate_and_refuses_plain_tcp() {
+        let l = Layout::new(Path::new("/s"), "db2");
+        let tls = TlsFiles {
+            ca: "/s/pki/ca.crt".into(),
+            cert: "/s/pki/nodes/db2.crt".into(),
+            key: "/s/pki/nodes/db2.key".into(),
+        };
+        let cnf = my_cnf(
+            &l,
+            &Instance {
+                tls: Some(tls),
+                ..inst()
+            },
+        );
+        for line in [
+            "ssl_ca=/s/pki/ca.crt",
+            "ssl_cert=/s/pki/nodes/db2.crt",
+            "ssl_key=/s/pki/nodes/db2.key",
+            "require_secure_transport=ON",
+        ] {
+            assert!(cnf.lines().any(|l| l == line), "missing {line} in\n{cnf}");
+        }
+        let plain = my_cnf(&l, &inst());
+        assert!(
+            !plain
+                .lines()
+                .any(|l| l.starts_with("ssl_") || l.starts_with("require_secure_transport")),
+            "no TLS lines without tls.internal:\n{plain}"
+        );
     }
 
     #[test]

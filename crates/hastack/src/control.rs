@@ -49,6 +49,15 @@ pub(crate) struct StatusReport {
     pub(crate) site: String,
     /// Site URL through the VIP (in isolated mode: as seen from the client namespace).
     pub(crate) url: String,
+    /// The site's HTTPS URL (by name; resolve the name to the VIP), when it has HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) https_url: Option<String>,
+    /// The internal CA's certificate, which HTTPS clients of the stack trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<String>,
+    /// The VIP's address (for `curl --resolve NAME:PORT:VIP`).
+    #[serde(default)]
+    pub(crate) vip: String,
     /// `loopback` or `isolated`.
     #[serde(default)]
     pub(crate) mode: String,
@@ -281,6 +290,19 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
         "\nsite: {} → {}   database: {}\n",
         r.site, r.url, r.db_engine
     ));
+    if let Some(https) = &r.https_url {
+        let port = https
+            .rsplit(':')
+            .next()
+            .map(|p| p.trim_end_matches('/'))
+            .unwrap_or("443");
+        out.push_str(&format!(
+            "https: {https}   e.g. curl --cacert {} --resolve {}:{port}:{} {https}\n",
+            r.ca.as_deref().unwrap_or("ca.crt"),
+            r.site,
+            r.vip
+        ));
+    }
     if let Some(ns) = &r.client_netns {
         out.push_str(&format!(
             "isolated: every node in its own network namespace; from the client ({ns}): hastack exec client -- curl -s {}\n",

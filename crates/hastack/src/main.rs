@@ -142,6 +142,11 @@ enum Cmd {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// The internal CA (`<state_dir>/pki/`): its certificate for the site and one per node.
+    Pki {
+        #[command(subcommand)]
+        op: PkiOp,
+    },
     /// Database tier operations.
     Db {
         #[command(subcommand)]
@@ -151,6 +156,25 @@ enum Cmd {
     Drill {
         #[command(subcommand)]
         drill: Drill,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiOp {
+    /// Create the CA and every certificate the topology needs (for hosts mode: run it
+    /// once, then copy the pki/ directory to every server).
+    Init {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-issue the certificates that expire within 30 days (all with --force); running
+    /// nodes serve the new ones within a second, without a restart.
+    Renew {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Re-issue every certificate, due or not.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -323,6 +347,12 @@ fn main() -> ExitCode {
         Cmd::Db {
             op: DbOp::Rebuild { node, from, config },
         } => control::rebuild(&config, &node, from),
+        Cmd::Pki {
+            op: PkiOp::Init { config },
+        } => pki(&config, false),
+        Cmd::Pki {
+            op: PkiOp::Renew { config, force },
+        } => pki(&config, force),
         Cmd::Drill {
             drill:
                 Drill::LbFailover {
@@ -347,6 +377,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Issues the certificates of the topology that are missing or due (all with `force`).
+fn pki(config: &ConfigArg, force: bool) -> anyhow::Result<ExitCode> {
+    let mut topo = load(config)?;
+    topo.state_dir = state_dir(&topo)?;
+    let pki = hastack_tls::pki::Pki::new(&topo.state_dir);
+    let issued = pki
+        .ensure(&hastack_tls::node::identities(&topo), force)
+        .context("issuing certificates")?;
+    if issued.is_empty() {
+        println!("{}: every certificate is current", pki.dir().display());
+    } else {
+        for stem in &issued {
+            println!("issued {}", pki.cert(stem).display());
+        }
+    }
+    println!("CA: {}", pki.ca_cert().display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {

@@ -327,9 +327,13 @@ pub(crate) fn firewall(topo: &Topology, role: Role, supervisor: Ipv4Addr) -> Str
     ));
     match role {
         Role::Lb => {
+            let ports = match topo.https_port {
+                Some(https) => format!("{{ {}, {https} }}", topo.http_port),
+                None => topo.http_port.to_string(),
+            };
             rule(format!(
-                "ip daddr {} tcp dport {} accept comment \"clients to the VIP\"",
-                topo.vip, topo.http_port
+                "ip daddr {} tcp dport {ports} accept comment \"clients to the VIP\"",
+                topo.vip
             ));
             rule(format!(
                 "ip protocol vrrp ip saddr {} accept comment \"VRRP between the lb nodes\"",
@@ -337,9 +341,10 @@ pub(crate) fn firewall(topo: &Topology, role: Role, supervisor: Ipv4Addr) -> Str
             ));
         }
         Role::Web => rule(format!(
-            "ip saddr {} tcp dport {} accept comment \"lb to web\"",
+            "ip saddr {} tcp dport {{ {}, {} }} accept comment \"lb to web (and passed-through HTTPS)\"",
             set(Role::Lb),
-            topo.ports.web
+            topo.ports.web,
+            topo.ports.web_https
         )),
         Role::App => rule(format!(
             "ip saddr {} tcp dport {} accept comment \"web to app\"",
@@ -396,12 +401,12 @@ mod tests {
         );
         let web = firewall(&t, Role::Web, sup);
         assert!(
-            web.contains("ip saddr { 10.77.0.1, 10.77.0.2 } tcp dport 8081 accept"),
+            web.contains("ip saddr { 10.77.0.1, 10.77.0.2 } tcp dport { 8081, 8444 } accept"),
             "{web}"
         );
         let lb = firewall(&t, Role::Lb, sup);
         assert!(
-            lb.contains("ip daddr 10.77.0.100 tcp dport 8080 accept"),
+            lb.contains("ip daddr 10.77.0.100 tcp dport { 8080, 8443 } accept"),
             "{lb}"
         );
         assert!(lb.contains("ip protocol vrrp"), "{lb}");

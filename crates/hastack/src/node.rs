@@ -51,6 +51,8 @@ pub(crate) fn main(
         Some(d) => d,
         None => crate::state_dir(&topo)?,
     };
+    // Every crate reads the state directory from the topology: make it this one.
+    topo.state_dir = state_dir.clone();
     // Current-thread runtime: children (mariadbd) are spawned from the main thread,
     // which lives as long as the process (see hastack_runtime::child).
     let secrets = if matches!(node.role, Role::App | Role::Db) && sqlite.is_none() {

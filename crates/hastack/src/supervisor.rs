@@ -158,6 +158,23 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
         None
     };
 
+    if topo.tls.internal || topo.https_port.is_some() {
+        // Every certificate before any node starts (nodes only reload them); the
+        // topology's own site certificates are checked here, with a clear error.
+        let mut t = topo.clone();
+        t.state_dir = state_dir.clone();
+        let issued = hastack_tls::pki::Pki::new(&state_dir)
+            .ensure(&hastack_tls::node::identities(&t), false)
+            .context("preparing the internal CA's certificates")?;
+        if !issued.is_empty() {
+            println!(
+                "hastack: internal CA {} issued {} certificate(s)",
+                hastack_tls::pki::Pki::new(&state_dir).ca_cert().display(),
+                issued.len()
+            );
+        }
+        hastack_tls::node::site_certificates(&t).context("checking the site's certificates")?;
+    }
     let cwd = std::env::current_dir()?;
     let config_path = match config {
         Some(p) => crate::absolute(&cwd, p),
@@ -367,6 +384,8 @@ impl Supervisor {
         loop {
             match http_get::get(vip, "/healthz", Duration::from_millis(500)).await {
                 Ok((200, _)) => break,
+                // HTTP redirected to HTTPS: the lb answered, which is what is checked.
+                Ok((308, _)) if self.topo.tls.redirect_http => break,
                 Ok((code, body)) if waited.elapsed() > deadline => {
                     return Err(format!("the site answered {code} on {vip}: {body}"));
                 }
@@ -657,6 +676,16 @@ impl Supervisor {
         StatusReport {
             site: self.topo.site.clone(),
             url: self.topo.site_url(),
+            https_url: self.topo.site_https_url(),
+            ca: (self.topo.https_port.is_some() && self.topo.tls.certificates.is_empty()).then(
+                || {
+                    hastack_tls::pki::Pki::new(&self.state_dir)
+                        .ca_cert()
+                        .display()
+                        .to_string()
+                },
+            ),
+            vip: self.topo.vip.to_string(),
             mode: self.topo.mode.as_str().to_string(),
             client_netns: self.network.as_ref().map(|n| n.namespace("client")),
             state_dir: self.state_dir.display().to_string(),

@@ -28,7 +28,7 @@ DEADLINE_S = 90
 
 
 class Browser:
-    def __init__(self, profile):
+    def __init__(self, profile, extra_flags=(), env=None):
         chrome = shutil.which("chromium") or "/usr/bin/chromium"
         to_chrome_r, self.to_chrome = os.pipe()
         self.from_chrome, from_chrome_w = os.pipe()
@@ -38,6 +38,7 @@ class Browser:
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--window-size=1000,700", f"--user-data-dir={profile}", "--remote-debugging-pipe",
+            *extra_flags,
         ]
         # bash (dash takes single-digit fds only) puts the pipe ends on fds 3 and 4,
         # where Chromium expects them.
@@ -47,6 +48,7 @@ class Browser:
             pass_fds=(to_chrome_r, from_chrome_w),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -104,11 +106,28 @@ class Browser:
             self.proc.kill()
 
 
+def trust_ca(home, ca):
+    """An NSS database in `home` (where Chromium on Linux looks for trusted CAs) that
+    trusts `ca` for web sites, as an administrator would install a company CA."""
+    db = os.path.join(home, ".pki", "nssdb")
+    os.makedirs(db, exist_ok=True)
+    for args in (["-N", "--empty-password"], ["-A", "-n", "hastack", "-t", "C,,", "-i", ca]):
+        subprocess.run(["certutil", "-d", f"sql:{db}", *args], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
 def main():
+    # browser.py URL SCREENSHOT [CA_CERT HOST_RESOLVER_RULE]
     url, shot = sys.argv[1], sys.argv[2]
     signal.alarm(DEADLINE_S)
     profile = tempfile.mkdtemp(prefix="hs-chromium-")
-    b = Browser(profile)
+    flags, env = [], None
+    if len(sys.argv) > 4:
+        home = tempfile.mkdtemp(prefix="hs-home-")
+        trust_ca(home, sys.argv[3])
+        flags.append(f"--host-resolver-rules={sys.argv[4]}")
+        env = dict(os.environ, HOME=home)
+    b = Browser(profile, flags, env)
     try:
         target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         s = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]

@@ -1,5 +1,5 @@
 //! The site in a real browser: headless Chromium (Debian's `chromium`) loads the page
-//! through the VIP, the stylesheet and the image load, the form posts through the JSON
+//! over HTTPS through the VIP, trusting the stack's internal CA, the stylesheet and the image load, the form posts through the JSON
 //! API with the page's JavaScript, and the post is there after a reload.
 
 mod common;
@@ -21,12 +21,22 @@ fn a_person_can_read_and_post_with_a_real_browser() {
         stack.get("/").ok().filter(|r| r.status == 200)
     });
     let shot = stack.dir.path().join("page.png");
-    let url = format!("http://{}/", stack.vip());
+    // Over HTTPS, by the site's name, with the internal CA trusted the way an
+    // administrator installs a CA (an NSS database, `certutil`): no certificate
+    // errors are ignored.
+    assert!(
+        Path::new("/usr/bin/certutil").exists(),
+        "this test trusts the internal CA with certutil: apt-get install libnss3-tools (scripts/test.sh does)"
+    );
+    let url = format!("https://www.foobar.com:{}/", stack.https_port);
+    let rule = format!("MAP www.foobar.com {}", stack.addr(100));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser.py");
     let out = Command::new("python3")
         .arg(&script)
         .arg(&url)
         .arg(&shot)
+        .arg(stack.ca())
+        .arg(&rule)
         .output()
         .expect("run python3");
     let stderr = String::from_utf8_lossy(&out.stderr);

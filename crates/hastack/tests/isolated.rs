@@ -54,6 +54,34 @@ fn the_vip_moves_between_namespaces_and_the_client_reaches_only_the_vip() {
     });
     let by = served_by_from_client(&stack).expect("the site from the client namespace");
     assert!(by.starts_with("lb1"), "{by}");
+    // HTTPS too, from the client, verified against the internal CA for the site name.
+    let ca = stack.ca().display().to_string();
+    let resolve = format!("www.foobar.com:{}:{}", stack.https_port, stack.addr(100));
+    let url = format!("https://www.foobar.com:{}/", stack.https_port);
+    let out = stack.ctl(&[
+        "exec",
+        "client",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        &url,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 2",
+        "HTTPS from the client namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The firewalls: only the arrows of the picture are open.
     let a = |node: &str, port: u16| SocketAddr::from((stack.addr(common::host_of(node)), port));

@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Options, Stack, alive, eventually, http, listening};
+use common::{Options, Stack, alive, eventually, http, listening, sql};
 
 #[test]
 fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
@@ -76,14 +77,16 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
     );
     // Reads go to either replica: wait until every replica has the post, then every
     // read must show it.
-    let primary_pos = stack.health("db1").expect("db1")["gtid_current_pos"].clone();
+    // The primary's position from the server itself (its health is a snapshot up to
+    // one tick old, which may predate the post).
+    let primary_pos = sql(&stack, "db1", "SELECT @@gtid_current_pos").expect("db1 position");
     for replica in ["db2", "db3"] {
         eventually(
             &format!("{replica} to apply the post"),
             Duration::from_secs(10),
             || {
                 let h = stack.health(replica)?;
-                (h["gtid_current_pos"] == primary_pos).then_some(())
+                (h["gtid_current_pos"].as_str() == Some(primary_pos.as_str())).then_some(())
             },
         );
     }
@@ -164,6 +167,93 @@ fn the_site_works_end_to_end_and_down_leaves_nothing_behind() {
     assert_eq!(
         primary["semi_sync"], "ON",
         "semi-sync is on with replicas connected: {primary}"
+    );
+
+    // Internal TLS (on by default): the app's sessions and replication run over TLS with
+    // the internal CA's certificates, and a db node refuses plain TCP.
+    let cipher = eventually(
+        "the app's health to show its db sessions' TLS cipher",
+        Duration::from_secs(10),
+        || {
+            let h = stack.health("app1")?;
+            h["db_tls"].as_str().map(str::to_string)
+        },
+    );
+    assert!(!cipher.is_empty(), "db_tls is empty");
+    for replica in ["db2", "db3"] {
+        // Vertical output with column names (the `sql` helper leaves names out).
+        let sock = stack
+            .state_dir()
+            .join(format!("db/{replica}/run/mysqld.sock"));
+        let out = Command::new("mariadb")
+            .arg("-S")
+            .arg(&sock)
+            .args([
+                "--skip-ssl",
+                "-u",
+                "root",
+                "--connect-timeout=2",
+                "-e",
+                "SHOW SLAVE STATUS\\G",
+            ])
+            .output()
+            .expect("run the mariadb client");
+        let st = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "Master_SSL_Allowed: Yes",
+            "Master_SSL_Verify_Server_Cert: Yes",
+            "Slave_IO_Running: Yes",
+        ] {
+            assert!(
+                st.lines().any(|l| l.trim() == line),
+                "{replica}: no `{line}` in\n{st}"
+            );
+        }
+    }
+    let cnf = std::fs::read_to_string(stack.state_dir().join("db/db1/my.cnf")).expect("my.cnf");
+    let setting = |key: &str| {
+        cnf.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in\n{cnf}"))
+            .to_string()
+    };
+    assert_eq!(setting("require_secure_transport"), "ON");
+    let (host, port, ca) = (setting("bind-address"), setting("port"), setting("ssl_ca"));
+    let password = std::fs::read_to_string(stack.state_dir().join("secrets/db-app.password"))
+        .expect("the app's password");
+    let client = |tls: &[&str]| {
+        Command::new("mariadb")
+            .args(["-h", &host, "-P", &port, "-u", "foobar", "-N", "-B"])
+            .arg(format!("-p{}", password.trim()))
+            .args([
+                "--connect-timeout=2",
+                "-e",
+                "SHOW SESSION STATUS LIKE 'Ssl_cipher'",
+            ])
+            .args(tls)
+            .output()
+            .expect("run the mariadb client")
+    };
+    // MariaDB answers a plain TCP login under require_secure_transport with "Access
+    // denied"; the same account and password over TLS (the server's certificate
+    // verified against the CA and the address) gets in.
+    let plain = client(&["--skip-ssl"]);
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && err.contains("Access denied"),
+        "plain TCP to db1 was not refused: {err}{}",
+        String::from_utf8_lossy(&plain.stdout)
+    );
+    let tls = client(&[
+        "--ssl",
+        &format!("--ssl-ca={ca}"),
+        "--ssl-verify-server-cert",
+    ]);
+    let session = String::from_utf8_lossy(&tls.stdout);
+    assert!(
+        tls.status.success() && session.starts_with("Ssl_cipher\tTLS"),
+        "the same account over TLS: {session}{}",
+        String::from_utf8_lossy(&tls.stderr)
     );
 
     // Every node exposes Prometheus metrics.

@@ -11,7 +11,12 @@
 //! FAULT and hands the VIP to a peer that can serve; a VIP it cannot listen on does the
 //! same. `/healthz` answers 503 then, with the reason.
 //!
-//! The VIP listener is opened with `SO_REUSEPORT`, so during a hand-over the new master
+//! On the VIP the lb serves HTTP and HTTPS. HTTPS is terminated here (rustls; HTTP/2 or
+//! HTTP/1.1 by ALPN; SNI picks the certificate) or, in `tls.mode = "passthrough"`,
+//! routed undecrypted by its SNI to a web node's HTTPS port ([`passthrough`]). With
+//! `tls.internal`, the lb reaches the web nodes over TLS with its own certificate.
+//!
+//! The VIP listeners are opened with `SO_REUSEPORT`, so during a hand-over the new master
 //! can bind before the old one has let go; the old one stops accepting and drains its
 //! open requests. The admin port (`/healthz`, `/metrics`) is on the node's own address,
 //! so a backup answers too.
@@ -21,11 +26,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hastack_config::{Mode, Role, Topology};
-use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyOptions};
+mod passthrough;
+
+use hastack_config::{Mode, Role, TlsMode, Topology};
+use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
 use hastack_runtime::{Admin, BindError, HealthProbe, HealthReport, bind_tcp};
+use hastack_tls::{Acceptor, NodeTls, TlsError};
 use hastack_vrrp::auth::{Key, KeyError};
 use hastack_vrrp::{Health, Network, Setup, StartError, State, Stats, VipHook};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
@@ -45,6 +55,9 @@ pub enum LbError {
     /// `vrrp.authenticate` is on and the key cannot be used.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The certificates cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Where the VRRP key of a topology lives: `<state_dir>/secrets/vrrp.key`.
@@ -52,22 +65,93 @@ pub fn vrrp_key_path(topo: &Topology) -> PathBuf {
     topo.state_dir.join("secrets").join("vrrp.key")
 }
 
-/// Opens and closes the VIP listener as VRRP decides. Called on the VRRP thread; the
-/// listener and its connections live on the node's main runtime (`rt`).
-struct VipListener {
-    vip: SocketAddr,
+/// What the lb does with HTTPS on the VIP.
+#[derive(Clone)]
+enum Https {
+    /// Decrypts it and balances the requests, like HTTP.
+    Terminate(Acceptor),
+    /// Routes each connection by SNI to a web node's HTTPS port, undecrypted.
+    Passthrough(Arc<passthrough::Passthrough>),
+}
+
+/// How the lb answers on the VIP: plain HTTP, HTTPS, and the options of both.
+#[derive(Clone)]
+struct Site {
     proxy: Arc<Proxy>,
+    http: SocketAddr,
+    https: Option<(SocketAddr, Https)>,
+    /// Plain HTTP answers with a redirect to HTTPS.
+    redirect_http: bool,
+    /// HTTPS answers carry HSTS.
+    hsts: bool,
+    /// The site name, for redirects without a usable `Host`.
+    name: String,
+}
+
+/// One year, the max-age HSTS preload lists ask for.
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+impl Site {
+    /// Answers a plain-HTTP request: a redirect to HTTPS, or the proxied answer.
+    async fn http(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        match (&self.https, self.redirect_http) {
+            (Some((https, _)), true) => {
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                    .map(|a| a.host().to_string())
+                    .unwrap_or_else(|| self.name.clone());
+                let port = match https.port() {
+                    443 => String::new(),
+                    p => format!(":{p}"),
+                };
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let location = format!("https://{host}{port}{path}");
+                let mut resp = self.proxy.local_response(
+                    StatusCode::PERMANENT_REDIRECT,
+                    "this site is served over HTTPS",
+                );
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(http::header::LOCATION, v);
+                }
+                resp
+            }
+            _ => self.proxy.forward_as(req, peer, "http").await,
+        }
+    }
+
+    /// Answers a request that came over HTTPS (HTTP/2 or HTTP/1.1).
+    async fn https(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let mut resp = self.proxy.forward_as(req, peer, "https").await;
+        if self.hsts {
+            resp.headers_mut()
+                .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
+        }
+        resp
+    }
+}
+
+/// Opens and closes the VIP listeners as VRRP decides. Called on the VRRP thread; the
+/// listeners and their connections live on the node's main runtime (`rt`).
+struct VipListener {
+    site: Arc<Site>,
     rt: tokio::runtime::Handle,
     stop: Option<watch::Sender<bool>>,
-    /// The VIP server, kept so a stopping node can let it drain.
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// The VIP servers, kept so a stopping node can let them drain.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl VipListener {
-    /// Waits until the last VIP listener has drained its open requests.
+    /// Waits until the last VIP listeners have drained their open requests.
     async fn drained(mut self) {
         self.release();
-        if let Some(task) = self.task.take() {
+        for task in self.tasks.drain(..) {
             let _ = task.await;
         }
     }
@@ -78,27 +162,47 @@ impl VipHook for VipListener {
         if self.stop.is_some() {
             return Ok(());
         }
+        let as_io = |e: BindError| std::io::Error::new(e.source.kind(), e.to_string());
         // Registered with the main runtime's reactor, not the VRRP thread's.
-        let listener = {
+        let (http, https) = {
             let _rt = self.rt.enter();
-            bind_tcp(self.vip, "vip", true)
-                .map_err(|e| std::io::Error::new(e.source.kind(), e.to_string()))?
+            let http = bind_tcp(self.site.http, "vip", true).map_err(as_io)?;
+            let https = match &self.site.https {
+                Some((addr, _)) => Some(bind_tcp(*addr, "vip https", true).map_err(as_io)?),
+                None => None,
+            };
+            (http, https)
         };
         let (tx, rx) = watch::channel(false);
-        let proxy = self.proxy.clone();
-        let vip = self.vip;
-        self.task = Some(self.rt.spawn(async move {
+        self.tasks.retain(|t| !t.is_finished());
+        let site = self.site.clone();
+        let vip = site.http;
+        let stop = rx.clone();
+        self.tasks.push(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
-            hastack_runtime::serve_http1(
-                listener,
-                move |req, peer| {
-                    let proxy = proxy.clone();
-                    async move { proxy.forward(req, peer).await }
-                },
-                rx,
-            )
-            .await;
+            let handler = move |req, peer| {
+                let site = site.clone();
+                async move { site.http(req, peer).await }
+            };
+            hastack_runtime::serve(http, None, handler, stop).await;
         }));
+        if let (Some(listener), Some((addr, mode))) = (https, self.site.https.clone()) {
+            let site = self.site.clone();
+            let stop = rx;
+            self.tasks.push(self.rt.spawn(async move {
+                info!(vip = %addr, tls = match mode { Https::Terminate(_) => "terminate", Https::Passthrough(_) => "passthrough" }, "listening for HTTPS on the VIP");
+                match mode {
+                    Https::Terminate(acceptor) => {
+                        let handler = move |req, peer| {
+                            let site = site.clone();
+                            async move { site.https(req, peer).await }
+                        };
+                        hastack_runtime::serve(listener, Some(acceptor), handler, stop).await;
+                    }
+                    Https::Passthrough(p) => p.serve(listener, stop).await,
+                }
+            }));
+        }
         self.stop = Some(tx);
         Ok(())
     }
@@ -106,7 +210,7 @@ impl VipHook for VipListener {
     fn release(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(true);
-            info!(vip = %self.vip, "stopped listening on the VIP");
+            info!(vip = %self.site.http, "stopped listening on the VIP");
         }
     }
 }
@@ -141,8 +245,36 @@ pub async fn run(
         .ok_or_else(|| LbError::NotAnLb(name.to_string()))?;
     let mut registry = Registry::default();
 
-    let pool = Pool::new("web", &topo.endpoints(Role::Web), &mut registry);
+    let mut tls = if topo.tls.internal || topo.https_port.is_some() {
+        Some(NodeTls::open(topo, node, &mut registry)?)
+    } else {
+        None
+    };
+    let pool_tls = match (&tls, topo.tls.internal) {
+        (Some(t), true) => Some(PoolTls {
+            config: t.internal_client()?,
+            metrics: t.metrics().clone(),
+        }),
+        _ => None,
+    };
+    let pool = Pool::new("web", &topo.endpoints(Role::Web), pool_tls, &mut registry);
     let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+    let https = match (topo.https_port, &mut tls) {
+        (Some(port), Some(t)) => {
+            let addr = SocketAddr::from((topo.vip, port));
+            let mode = match topo.tls.mode {
+                TlsMode::Terminate => Https::Terminate(t.site_acceptor(topo)?),
+                TlsMode::Passthrough => Https::Passthrough(Arc::new(
+                    passthrough::Passthrough::new(topo, pool.clone(), &mut registry),
+                )),
+            };
+            Some((addr, mode))
+        }
+        _ => None,
+    };
+    if let Some(t) = &tls {
+        t.spawn_reloader(shutdown.clone());
+    }
 
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
     let peers = topo.tier(Role::Lb).filter(|n| n.name != name);
@@ -248,11 +380,17 @@ pub async fn run(
         instance: format!("vrid{}", topo.vrrp.vrid),
     };
     let hook = VipListener {
-        vip: SocketAddr::from((topo.vip, topo.http_port)),
-        proxy,
+        site: Arc::new(Site {
+            proxy,
+            http: SocketAddr::from((topo.vip, topo.http_port)),
+            https,
+            redirect_http: topo.tls.redirect_http,
+            hsts: topo.tls.hsts,
+            name: topo.site.clone(),
+        }),
         rt: tokio::runtime::Handle::current(),
         stop: None,
-        task: None,
+        tasks: Vec::new(),
     };
     let running = hastack_vrrp::runner::start(setup, hook, stats, health_rx, shutdown).await?;
     info!(node = name, vip = %topo.vip, port = topo.http_port, mode = topo.mode.as_str(), "lb ready");

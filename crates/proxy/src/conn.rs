@@ -82,10 +82,11 @@ impl Connections {
         }
     }
 
-    /// Sends `req` to `addr` on an idle connection or a new one.
+    /// Sends `req` to `addr` on an idle connection or a new one (over TLS with `tls`).
     pub(crate) async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        tls: Option<&UpstreamTls>,
         mut req: Request<Full<Bytes>>,
         connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, SendFailure> {
@@ -105,7 +106,7 @@ impl Connections {
                 },
             }
         }
-        let mut sender = match tokio::time::timeout(connect_timeout, connect(addr)).await {
+        let mut sender = match tokio::time::timeout(connect_timeout, dial(addr, tls)).await {
             Ok(Ok(s)) => s,
             Ok(Err(why)) => {
                 return Err(SendFailure {
@@ -150,13 +151,60 @@ impl Connections {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+/// TLS to the servers of a pool: the client configuration, and each server's name.
+#[derive(Clone)]
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: hastack_tls::TlsConnector,
+    pub(crate) name: hastack_tls::rustls_pki::ServerName<'static>,
+    pub(crate) metrics: hastack_tls::TlsMetrics,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UpstreamTls({:?})", self.name)
+    }
+}
+
+/// Opens an HTTP/1.1 connection to `addr`, over TLS with `tls` (the server must show a
+/// certificate of `tls`'s CA for its name).
+pub(crate) async fn dial<B>(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
+) -> Result<SendRequest<B>, String>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    match tls {
+        None => handshake(addr, TokioIo::new(stream)).await,
+        Some(t) => {
+            let stream = match t.connector.connect(t.name.clone(), stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    t.metrics.failure("client", hastack_tls::failure_cause(&e));
+                    return Err(format!("TLS with {addr}: {e}"));
+                }
+            };
+            t.metrics.handshake("client", stream.get_ref().1);
+            handshake(addr, TokioIo::new(stream)).await
+        }
+    }
+}
+
+async fn handshake<B, I>(addr: SocketAddr, io: I) -> Result<SendRequest<B>, String>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|e| format!("handshake with {addr}: {e}"))?;
     tokio::spawn(async move {

@@ -205,6 +205,27 @@ impl Proxy {
 
     /// Forwards `req`, received from `peer`, to a server of the pool.
     pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        self.forward_inner(req, peer, None).await
+    }
+
+    /// Forwards `req`, which came from a client over `scheme` (`http` or `https`): the
+    /// edge, where `X-Forwarded-Proto` is set to `scheme` whatever the client sent.
+    /// HTTP/2 and HTTP/1.1 requests alike go upstream as HTTP/1.1.
+    pub async fn forward_as(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+    ) -> Response<ProxyBody> {
+        self.forward_inner(req, peer, Some(scheme)).await
+    }
+
+    async fn forward_inner(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        edge_scheme: Option<&'static str>,
+    ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // Most requests have no body: skip the collecting machinery for them.
         let body = if hyper::body::Body::is_end_stream(&body) {
@@ -234,15 +255,24 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         append_forwarded_for(&mut headers, peer);
-        if !self.opts.trust_forwarded_proto || !headers.contains_key(&X_FORWARDED_PROTO) {
+        let keep_proto = edge_scheme.is_none()
+            && self.opts.trust_forwarded_proto
+            && headers.contains_key(&X_FORWARDED_PROTO);
+        if !keep_proto {
             headers.insert(
                 X_FORWARDED_PROTO.clone(),
-                HeaderValue::from_static(self.opts.scheme),
+                HeaderValue::from_static(edge_scheme.unwrap_or(self.opts.scheme)),
             );
         }
         if !headers.contains_key(header::HOST) {
-            // An HTTP/1.0 client may omit it; upstream HTTP/1.1 requires one.
-            headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+            // HTTP/2 carries it as `:authority` (in the URI); an HTTP/1.0 client may omit
+            // it. Upstream HTTP/1.1 requires one.
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+            headers.insert(header::HOST, host);
         }
         let path_and_query = parts
             .uri
@@ -278,9 +308,12 @@ impl Proxy {
                 return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
             };
             server.requests.inc();
-            let sent = server
-                .conns
-                .send(server.addr, request, self.opts.connect_timeout);
+            let sent = server.conns.send(
+                server.addr,
+                server.tls.as_ref(),
+                request,
+                self.opts.connect_timeout,
+            );
             let (failure, why) = match tokio::time::timeout(self.opts.response_timeout, sent).await
             {
                 Ok(Ok(mut resp)) => {

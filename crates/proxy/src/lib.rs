@@ -13,4 +13,4 @@ pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, PooledBody};
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };
-pub use pool::{HealthCheck, Pool, RiseFall, Server};
+pub use pool::{HealthCheck, Pool, PoolTls, RiseFall, Server};

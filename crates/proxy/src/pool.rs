@@ -10,18 +10,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Uri;
 use http::uri::Authority;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::conn::UpstreamTls;
 
 /// Settings of the active health checks.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +55,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub(crate) authority: Authority,
     pub(crate) conns: Arc<crate::conn::Connections>,
+    /// TLS to this server (its certificate must be for its node name).
+    pub(crate) tls: Option<UpstreamTls>,
     healthy: AtomicBool,
     pub(crate) requests: Counter,
     pub(crate) failures: Counter,
@@ -91,6 +92,16 @@ struct ServerLabels {
     server: String,
 }
 
+/// How a pool's servers are reached over TLS: the client configuration (trusted CA,
+/// the certificate this node presents) and where handshakes are counted.
+#[derive(Clone)]
+pub struct PoolTls {
+    /// The client configuration.
+    pub config: Arc<hastack_tls::ClientConfig>,
+    /// Handshake metrics.
+    pub metrics: hastack_tls::TlsMetrics,
+}
+
 /// A set of servers behind one name, with round-robin choice.
 #[derive(Debug)]
 pub struct Pool {
@@ -101,8 +112,14 @@ pub struct Pool {
 
 impl Pool {
     /// A pool called `name` (e.g. `web`) over `(node name, address)` pairs; every server
-    /// starts healthy. Its metrics go into `registry`.
-    pub fn new(name: &str, servers: &[(String, SocketAddr)], registry: &mut Registry) -> Arc<Pool> {
+    /// starts healthy. With `tls`, each server is reached over TLS and must show a
+    /// certificate for its node name. Its metrics go into `registry`.
+    pub fn new(
+        name: &str,
+        servers: &[(String, SocketAddr)],
+        tls: Option<PoolTls>,
+        registry: &mut Registry,
+    ) -> Arc<Pool> {
         let requests = Family::<ServerLabels, Counter>::default();
         let failures = Family::<ServerLabels, Counter>::default();
         let up = Family::<ServerLabels, Gauge>::default();
@@ -129,11 +146,20 @@ impl Pool {
                     server: n.clone(),
                 };
                 let authority: Authority = addr.to_string().parse().ok()?;
+                let tls = match &tls {
+                    Some(t) => Some(UpstreamTls {
+                        connector: hastack_tls::TlsConnector::from(t.config.clone()),
+                        name: hastack_tls::rustls_pki::ServerName::try_from(n.clone()).ok()?,
+                        metrics: t.metrics.clone(),
+                    }),
+                    None => None,
+                };
                 let s = Server {
                     name: n.clone(),
                     addr: *addr,
                     authority,
                     conns: Arc::default(),
+                    tls,
                     healthy: AtomicBool::new(true),
                     requests: requests.get_or_create(&labels).clone(),
                     failures: failures.get_or_create(&labels).clone(),
@@ -182,27 +208,18 @@ impl Pool {
             .map(|i| (i, &self.servers[i]))
     }
 
-    /// Runs the active health checks of every server until `shutdown`.
+    /// Runs the active health checks of every server until `shutdown`: `GET /healthz`
+    /// over the same TLS as traffic, on a kept-alive connection of its own.
     pub fn spawn_health_checks(
         self: &Arc<Self>,
         check: HealthCheck,
         shutdown: watch::Receiver<bool>,
     ) {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(check.timeout));
-        let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(1)
-            .build(connector);
         for server in &self.servers {
             let server = server.clone();
-            let client = client.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let uri: Uri = match format!("http://{}/healthz", server.authority).parse() {
-                    Ok(u) => u,
-                    Err(_) => return,
-                };
+                let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
                 let mut tracker = RiseFall::new(check.rise, check.fall, server.is_healthy());
                 let mut ticker = tokio::time::interval(check.interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,7 +228,18 @@ impl Pool {
                         _ = shutdown.changed() => return,
                         _ = ticker.tick() => {}
                     }
-                    let outcome = probe(&client, uri.clone(), check.timeout).await;
+                    let outcome = match tokio::time::timeout(
+                        check.timeout,
+                        probe(&server, &mut conn),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            conn = None;
+                            Err(format!("no answer within {:?}", check.timeout))
+                        }
+                    };
                     // A passive mark-down must be seen by the tracker too.
                     if !server.is_healthy() && tracker.healthy {
                         tracker = RiseFall::new(check.rise, check.fall, false);
@@ -230,35 +258,36 @@ impl Pool {
     }
 }
 
+/// One health check of `server` on `conn` (opened, or opened again, as needed).
 async fn probe(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    uri: Uri,
-    timeout: Duration,
+    server: &Server,
+    conn: &mut Option<SendRequest<Empty<Bytes>>>,
 ) -> Result<(), String> {
-    let req = match hyper::Request::get(uri)
-        .header("user-agent", "hastack-health")
+    let mut sender = match conn.take() {
+        Some(s) if !s.is_closed() => s,
+        _ => crate::conn::dial(server.addr, server.tls.as_ref()).await?,
+    };
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let req = hyper::Request::get("/healthz")
+        .header(http::header::HOST, server.authority.as_str())
+        .header(http::header::USER_AGENT, "hastack-health")
         .body(Empty::new())
-    {
-        Ok(r) => r,
-        Err(e) => return Err(e.to_string()),
-    };
-    let fut = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("{e}: {}", source_text(&e)))?;
-        let status = resp.status();
-        // Read the body so the connection can be reused.
-        let _ = resp.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
-        }
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{e}: {}", source_text(&e)))?;
+    let status = resp.status();
+    // Read the body so the connection can be used again.
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    *conn = Some(sender);
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
     }
 }
 
@@ -327,7 +356,7 @@ mod tests {
                 )
             })
             .collect();
-        Pool::new("t", &servers, &mut Registry::default())
+        Pool::new("t", &servers, None, &mut Registry::default())
     }
 
     #[test]

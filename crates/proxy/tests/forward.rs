@@ -97,7 +97,7 @@ async fn front_with(
     let servers: Vec<(String, SocketAddr)> =
         servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
     let mut registry = Registry::default();
-    let pool = Pool::new("t", &servers, &mut registry);
+    let pool = Pool::new("t", &servers, None, &mut registry);
     let mut opts = ProxyOptions::new("front");
     opts.response_timeout = Duration::from_secs(5);
     tune(&mut opts);

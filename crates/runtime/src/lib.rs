@@ -1,8 +1,8 @@
 //! What every hastack node process shares, whatever its tier:
 //!
 //! - the admin endpoints, `GET /healthz` and Prometheus `GET /metrics` ([`Admin`]);
-//! - the one HTTP/1 accept loop (keep-alive, header timeout, graceful drain) that the
-//!   admin, lb and web listeners use ([`serve_http1`]);
+//! - the one accept loop (keep-alive, header timeout, graceful drain; TLS with HTTP/2 or
+//!   HTTP/1.1 by ALPN when given an acceptor) that every listener uses ([`serve`]);
 //! - child processes that die with their parent ([`child::die_with_parent`]);
 //! - the database passwords the nodes of a stack share ([`secrets::DbSecrets`]).
 //!
@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -92,6 +92,28 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve_http1<F, Fut, B>(
     listener: TcpListener,
     handler: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(listener, None, handler, shutdown).await
+}
+
+/// Most concurrent streams a client may open on one HTTP/2 connection.
+pub const H2_MAX_STREAMS: u32 = 128;
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
+/// connections [`DRAIN_TIMEOUT`] to finish. Without `tls`, HTTP/1.1 with keep-alive;
+/// with it, TLS first (a plain-HTTP client gets a 400), then HTTP/2 or HTTP/1.1 as
+/// ALPN chose. Requests reach `handler` the same way whatever the protocol.
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<hastack_tls::Acceptor>,
+    handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -101,10 +123,21 @@ pub async fn serve_http1<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // hyper's h2 refuses malformed and connection-specific headers, a content-length
+    // that disagrees with the DATA frames, and answers a flood of reset streams
+    // (CVE-2023-44487) with GOAWAY; these bound what one connection may hold.
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(Some(20))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
     let serve = |stream: tokio::net::TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
@@ -112,9 +145,29 @@ pub async fn serve_http1<F, Fut, B>(
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+        let watcher = graceful.watcher();
+        let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    watcher
+                        .watch(h1.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+                Some(tls) => {
+                    let Some(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(hastack_tls::ALPN_H2);
+                    let io = TokioIo::new(stream);
+                    if is_h2 {
+                        watcher.watch(h2.serve_connection(io, svc)).await
+                    } else {
+                        watcher.watch(h1.serve_connection(io, svc)).await
+                    }
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -5,6 +5,11 @@
 //! Routing is nginx's `try_files $uri @app`: a path that names a static file is served
 //! from memory; any other goes to the application. `/healthz` on the service port is
 //! answered here, so the lb's health check sees this node and not an app behind it.
+//!
+//! With `tls.internal`, the service port speaks TLS and takes only clients with a
+//! certificate of the internal CA (the lbs), and the app nodes are reached the same
+//! way. With `tls.mode = "passthrough"` the web node also terminates the site's HTTPS
+//! itself, on `ports.web_https`, for the connections the lbs pass through.
 
 pub mod files;
 
@@ -20,9 +25,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
 
-use hastack_config::{Role, Topology};
-use hastack_proxy::{HealthCheck, Pool, Proxy, ProxyBody, ProxyOptions};
+use hastack_config::{Role, TlsMode, Topology};
+use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
 use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
+use hastack_tls::NodeTls;
 
 pub use files::StaticSite;
 
@@ -38,6 +44,9 @@ pub enum WebError {
     /// The configured site directory could not be read.
     #[error(transparent)]
     Site(#[from] files::LoadError),
+    /// The certificates cannot be used.
+    #[error(transparent)]
+    Tls(#[from] hastack_tls::TlsError),
 }
 
 struct Web {
@@ -48,10 +57,13 @@ struct Web {
 }
 
 impl Web {
+    /// Answers one request; `edge` is the scheme of a client connected directly (TLS
+    /// passthrough), `None` for requests from the lb tier.
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
         let path = req.uri().path();
         if path == "/healthz" {
@@ -79,7 +91,10 @@ impl Web {
                 "static files answer GET and HEAD only",
             );
         }
-        self.proxy.forward(req, peer).await
+        match edge {
+            Some(scheme) => self.proxy.forward_as(req, peer, scheme).await,
+            None => self.proxy.forward(req, peer).await,
+        }
     }
 }
 
@@ -98,7 +113,33 @@ pub async fn run(
         None => StaticSite::built_in(),
     };
     let mut registry = Registry::default();
-    let pool = Pool::new("app", &topo.endpoints(Role::App), &mut registry);
+    let passthrough = topo.tls.mode == TlsMode::Passthrough && topo.https_port.is_some();
+    let mut tls = if topo.tls.internal || passthrough {
+        Some(NodeTls::open(topo, node, &mut registry)?)
+    } else {
+        None
+    };
+    let (internal, pool_tls) = match (&tls, topo.tls.internal) {
+        (Some(t), true) => (
+            Some(t.internal_acceptor()?),
+            Some(PoolTls {
+                config: t.internal_client()?,
+                metrics: t.metrics().clone(),
+            }),
+        ),
+        _ => (None, None),
+    };
+    let edge = match (&mut tls, passthrough) {
+        (Some(t), true) => {
+            let addr = SocketAddr::from((node.address, topo.ports.web_https));
+            Some((bind_tcp(addr, "https", false)?, t.site_acceptor(topo)?))
+        }
+        _ => None,
+    };
+    if let Some(t) = &tls {
+        t.spawn_reloader(shutdown.clone());
+    }
+    let pool = Pool::new("app", &topo.endpoints(Role::App), pool_tls, &mut registry);
     let mut opts = ProxyOptions::new(name);
     opts.trust_forwarded_proto = true;
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
@@ -138,16 +179,34 @@ pub async fn run(
         health_json,
         static_hits,
     });
-    info!(node = name, addr = %service_addr, files = web.site.len(), "web ready");
-    hastack_runtime::serve_http1(
+    info!(node = name, addr = %service_addr, files = web.site.len(), tls = internal.is_some(), "web ready");
+    let edge_task = edge.map(|(listener, acceptor)| {
+        let web = web.clone();
+        let shutdown = shutdown.clone();
+        info!(node = name, addr = ?listener.local_addr().ok(), "serving clients' HTTPS (passthrough)");
+        tokio::spawn(hastack_runtime::serve(
+            listener,
+            Some(acceptor),
+            move |req, peer| {
+                let web = web.clone();
+                web.handle(req, peer, Some("https"))
+            },
+            shutdown,
+        ))
+    });
+    hastack_runtime::serve(
         listener,
+        internal,
         move |req, peer| {
             let web = web.clone();
-            web.handle(req, peer)
+            web.handle(req, peer, None)
         },
         shutdown,
     )
     .await;
+    if let Some(t) = edge_task {
+        let _ = t.await;
+    }
     let _ = admin_task.await;
     Ok(())
 }
