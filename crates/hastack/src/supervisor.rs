@@ -293,6 +293,29 @@ impl Supervisor {
             let _ = std::fs::remove_file(control::socket_path(&self.state_dir));
             return Ok(ExitCode::FAILURE);
         }
+        // Certificates are re-issued before they expire (the nodes reload them).
+        if self.topo.tls.internal || self.topo.https_port.is_some() {
+            let mut t = self.topo.clone();
+            t.state_dir = self.state_dir.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(hastack_tls::node::RENEW_CHECK);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let t = t.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        hastack_tls::pki::Pki::new(&t.state_dir)
+                            .ensure(&hastack_tls::node::identities(&t), false)
+                    })
+                    .await;
+                    if let Ok(Ok(issued)) = r
+                        && !issued.is_empty()
+                    {
+                        println!("hastack: renewed {} certificate(s)", issued.len());
+                    }
+                }
+            });
+        }
         self.ready.store(true, Ordering::Release);
         let report = self.status().await;
         print!("\n{}", control::render_table(&report));

@@ -217,6 +217,39 @@ fn https_on_the_vip_with_sni_h2_mtls_between_tiers_renewal_and_failover() {
             String::from_utf8_lossy(&with.stderr)
         );
     }
+    // Sessions resume: one curl, three connections, the later ones resumed (TLS 1.3
+    // tickets).
+    let url = format!("https://www.foobar.com:{}/", vip.port());
+    let resolve = format!("www.foobar.com:{}:{}", vip.port(), vip.ip());
+    let ca_s = ca.display().to_string();
+    let out = curl(&[
+        "--http1.1",
+        "-H",
+        "connection: close",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "--cacert",
+        &ca_s,
+        "--resolve",
+        &resolve,
+        &url,
+        &url,
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = metrics(&stack, "lb1");
+    assert!(
+        m.contains("side=\"server\",protocol=\"TLSv1.3\",alpn=\"http/1.1\",resumed=\"true\""),
+        "no resumed session: {m}"
+    );
     let m = metrics(&stack, "web1");
     assert!(m.contains("cause=\"plain_http\""), "{m}");
     assert!(m.contains("cause=\"no_client_certificate\""), "{m}");

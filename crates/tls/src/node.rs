@@ -66,9 +66,14 @@ pub fn site_certificates(topo: &Topology) -> Result<Vec<Arc<Reloading>>, TlsErro
     Ok(certs)
 }
 
+/// How often a running node checks whether its certificates are due for renewal.
+pub const RENEW_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The TLS of one node.
 pub struct NodeTls {
     pki: Pki,
+    /// The identities this node keeps current (its own; the site's when internal).
+    identities: Vec<Identity>,
     own: Arc<Reloading>,
     metrics: TlsMetrics,
     reloading: Vec<Arc<Reloading>>,
@@ -92,6 +97,7 @@ impl NodeTls {
         let own = Reloading::load(&pki.cert(&stem), &pki.key(&stem))?;
         Ok(NodeTls {
             pki,
+            identities: want,
             reloading: vec![own.clone()],
             own,
             metrics: TlsMetrics::new(registry),
@@ -134,9 +140,33 @@ impl NodeTls {
         Ok(Acceptor::new(config, self.metrics.clone()))
     }
 
-    /// Keeps every certificate this node serves or presents current until `shutdown`.
+    /// Keeps every certificate this node serves or presents current until `shutdown`:
+    /// re-issues its own (where the CA key is) every [`RENEW_CHECK`] when due, and
+    /// reloads any that changed on disk.
     pub fn spawn_reloader(&self, shutdown: watch::Receiver<bool>) {
-        spawn_reloader(self.reloading.clone(), shutdown);
+        spawn_reloader(self.reloading.clone(), shutdown.clone());
+        let (pki, ids) = (self.pki.clone(), self.identities.clone());
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_CHECK);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tick.tick() => {}
+                }
+                let (pki, ids) = (pki.clone(), ids.clone());
+                match tokio::task::spawn_blocking(move || pki.ensure(&ids, false)).await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; will retry")
+                    }
+                    Ok(Ok(issued)) if !issued.is_empty() => {
+                        tracing::info!(?issued, "certificates renewed")
+                    }
+                    _ => {}
+                }
+            }
+        });
     }
 
     /// Where the PKI lives.
