@@ -337,6 +337,16 @@ fn passthrough_routes_tls_by_sni_to_the_web_tier_which_terminates_it() {
         })
         .expect("x-served-by");
     assert!(served_by.starts_with("web"), "{served_by}");
+    // The web nodes' HTTPS port takes only what the lbs relay (a PROXY v2 header with
+    // the client's address first): a client connecting to it directly is dropped.
+    let (web1, ca_s) = (stack.addr(21), ca.display().to_string());
+    let resolve = format!("www.foobar.com:{}:{web1}", stack.web_https_port);
+    let url = format!("https://www.foobar.com:{}/", stack.web_https_port);
+    let direct = curl(&["--cacert", &ca_s, "--resolve", &resolve, &url]);
+    assert!(
+        !direct.status.success(),
+        "web1's passthrough port served a client without the lb's PROXY header"
+    );
     // A name the site does not serve is not passed on.
     let resolve = format!("evil.example.com:{}:{}", vip.port(), vip.ip());
     let url = format!("https://evil.example.com:{}/", vip.port());

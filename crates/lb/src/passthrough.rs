@@ -4,8 +4,9 @@
 //!
 //! A name the site does not serve is refused (the connection closed, counted). A web
 //! node that refuses the connection is skipped for the next one: nothing was sent to
-//! it yet, so this is always safe. The ClientHello bytes read to find the name go out
-//! first, unchanged.
+//! it yet, so this is always safe. A PROXY protocol v2 header with the client's address
+//! goes out first (HAProxy's `send-proxy-v2`), then the ClientHello bytes read to find
+//! the name, unchanged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,7 +129,11 @@ impl Passthrough {
                 Err(_) => continue,
             };
             let _ = upstream.set_nodelay(true);
-            if upstream.write_all(&hello).await.is_err() {
+            // PROXY v2 first, so the web node knows the client; then the ClientHello.
+            let server = client.local_addr().unwrap_or(addr);
+            let mut first = hastack_runtime::proxy_protocol::encode(peer, server);
+            first.extend_from_slice(&hello);
+            if upstream.write_all(&first).await.is_err() {
                 self.count("upstream_error");
                 return;
             }

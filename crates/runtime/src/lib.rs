@@ -10,6 +10,7 @@
 //! registry.
 
 pub mod child;
+pub mod proxy_protocol;
 pub mod secrets;
 
 use std::convert::Infallible;
@@ -114,6 +115,40 @@ pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     tls: Option<hastack_tls::Acceptor>,
     handler: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_inner(listener, tls, false, handler, shutdown).await
+}
+
+/// Like [`serve`], for connections relayed by the lbs (TLS passthrough): each starts
+/// with a PROXY protocol v2 header ([`proxy_protocol`]), whose client address the
+/// handler gets as the peer; a connection without one is dropped.
+pub async fn serve_proxied<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<hastack_tls::Acceptor>,
+    handler: F,
+    shutdown: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_inner(listener, tls, true, handler, shutdown).await
+}
+
+async fn serve_inner<F, Fut, B>(
+    listener: TcpListener,
+    tls: Option<hastack_tls::Acceptor>,
+    proxied: bool,
+    handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
@@ -138,16 +173,26 @@ pub async fn serve<F, Fut, B>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let (h1, h2) = (Arc::new(h1), Arc::new(h2));
-    let serve = |stream: tokio::net::TcpStream, peer: SocketAddr| {
+    let serve = |mut stream: tokio::net::TcpStream, mut peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let svc = service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
         let watcher = graceful.watcher();
         let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
         tokio::spawn(async move {
+            if proxied {
+                match proxy_protocol::read(&mut stream, HEADER_READ_TIMEOUT).await {
+                    Ok(Some(client)) => peer = client,
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(%peer, error = %e, "connection without a PROXY header dropped");
+                        return;
+                    }
+                }
+            }
+            let svc = service_fn(move |req| {
+                let fut = handler(req, peer);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
             let result = match tls {
                 None => {
                     watcher

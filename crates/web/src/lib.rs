@@ -184,7 +184,9 @@ pub async fn run(
         let web = web.clone();
         let shutdown = shutdown.clone();
         info!(node = name, addr = ?listener.local_addr().ok(), "serving clients' HTTPS (passthrough)");
-        tokio::spawn(hastack_runtime::serve(
+        // The lbs relay these connections with a PROXY v2 header: the client's
+        // address is the peer (X-Forwarded-For), not the lb's.
+        tokio::spawn(hastack_runtime::serve_proxied(
             listener,
             Some(acceptor),
             move |req, peer| {

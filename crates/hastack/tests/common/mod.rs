@@ -661,6 +661,7 @@ impl WritableWatch {
                         Command::new("mariadb")
                             .arg("-S")
                             .arg(s)
+                            .arg("--skip-ssl")
                             .args([
                                 "-u",
                                 "root",
