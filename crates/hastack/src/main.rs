@@ -401,6 +401,14 @@ fn pki(config: &ConfigArg, force: bool) -> anyhow::Result<ExitCode> {
 fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
     match load(config) {
         Ok(t) => {
+            // The topology's own certificates: they load, each key is its certificate's,
+            // and one covers the site name.
+            if !t.tls.certificates.is_empty()
+                && let Err(e) = hastack_tls::node::site_certificates(&t)
+            {
+                eprintln!("{}: error: {e}", t.source.display());
+                return Ok(ExitCode::from(2));
+            }
             let source = t.source.display();
             println!(
                 "{source}: ok — {} nodes ({} lb, {} web, {} app, {} db), site {} on {}",

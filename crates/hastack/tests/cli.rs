@@ -137,3 +137,48 @@ fn hastack_config_default() -> String {
     let out = Command::new(BIN).arg("config").output().expect("run");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[test]
+fn check_refuses_own_certificates_that_do_not_fit() {
+    use hastack_tls::pki::{Identity, Pki};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path());
+    pki.ensure(
+        &[
+            Identity::site("www.other.org", "127.0.0.1".parse().expect("ip")),
+            Identity::node("x", "127.0.0.2".parse().expect("ip")),
+        ],
+        false,
+    )
+    .expect("certificates");
+    let run = |cert: &str, key: &str| {
+        let file = dir.path().join("t.toml");
+        let text = format!(
+            "{}\n[[tls.certificate]]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+            hastack_config_default()
+        );
+        std::fs::write(&file, text).expect("write");
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run")
+    };
+    // A certificate for another name.
+    let out = run("pki/site.crt", "pki/site.key");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no [[tls.certificate]] of")
+            && err.contains("covers the site name www.foobar.com (they hold www.other.org)"),
+        "{err}"
+    );
+    // A key that is another certificate's.
+    let out = run("pki/site.crt", "pki/nodes/x.key");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pki/nodes/x.key: does not belong to the certificate"),
+        "{err}"
+    );
+}
