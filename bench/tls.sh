@@ -14,8 +14,7 @@
 # Rows, and the load generator of each:
 #   1. keep-alive HTTPS, HTTP/1.1: wrk (-t2 -c$CONNS); one TLS handshake per connection,
 #      then requests. wrk sends the IP as SNI (it has no option for a name); both
-#      proxies then serve their default (only) certificate, and rustls logs a WARN
-#      "Illegal SNI extension: ignoring IP address" per connection in hastack's log.
+#      proxies then serve their default (only) certificate.
 #   2. keep-alive HTTPS, HTTP/2: h2load (nghttp2-client) -t2 -c8 -m8 (64 streams in
 #      flight, like row 1), ALPN h2, SNI = the site name via --connect-to.
 #   3. a new TLS connection per request, full handshake: `openssl s_time -new`. It
@@ -43,7 +42,7 @@
 #
 # Every run is preceded by a 2 s warm-up of the same load and measured for DUR seconds;
 # the proxies take turns (the first one alternates per round). The table shows medians
-# over the rounds and the min–max of the per-round ratio.
+# over the rounds, and the median and min–max of the per-round ratio.
 #
 # Needs: haproxy nginx-light wrk nghttp2-client openssl curl python3 bc
 #   (apt-get install -y haproxy nginx-light wrk nghttp2-client)
@@ -52,7 +51,7 @@
 # Usage: bench/tls.sh [seconds per run, default 10] [rounds, default 3] [connections, default 64]
 #   HASTACK=path/to/hastack to use a binary other than target/release/hastack;
 #   KEEP=1 keeps the work directory (logs, configs); ROWS="1 2 3 4 5" picks rows.
-# Takes about (DUR+2) * 8 * ROUNDS + ~50 * ROUNDS seconds: ~9 minutes by default.
+# Takes about (DUR+2) * 8 * ROUNDS + ~45 * ROUNDS seconds: 8 minutes by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -400,8 +399,8 @@ fi
 
 # ---------------------------------------------------------------- the table
 [ -s "$W/lb1.tls" ] && { echo "hastack's own count of TLS handshakes over rows 1-4 (incl. warm-ups):"; cat "$W/lb1.tls"; echo; }
-echo "Summary: medians over $ROUNDS rounds of ${DUR}s; ratio = req per CPU-s of hastack over HAProxy"
-echo "(row 5: internal=true over internal=false, CPU of all lb/web/app node processes), min–max over rounds"
+echo "Summary: medians over $ROUNDS rounds of ${DUR}s; ratio = req per CPU-s of hastack over HAProxy in the"
+echo "same round (row 5: internal=true over internal=false, CPU of all lb/web/app node processes)"
 awk -v dur="$DUR" '
   function median(s,   a, n, i, j, t) {
     n = split(s, a, " ")
@@ -424,24 +423,25 @@ awk -v dur="$DUR" '
     name["5s"] = "5 stack, static style.css"
     name["5a"] = "5 stack, proxied /api/posts"
     printf "%-31s %12s %14s %12s %14s  %s\n", "row", "hastack", "hastack", "haproxy", "haproxy", "ratio"
-    printf "%-31s %12s %14s %12s %14s  %s\n", "", "req/s", "req/CPU-s", "req/s", "req/CPU-s", "min-max"
+    printf "%-31s %12s %14s %12s %14s  %s\n", "", "req/s", "req/CPU-s", "req/s", "req/CPU-s", "median (min-max)"
     n = split("1 2 3 4 5s 5a", order, " ")
     for (k = 1; k <= n; k++) {
       row = order[k]
       if (!(row in rows)) continue
-      lo = ""; hi = ""
+      lo = ""; hi = ""; qs = ""
       for (key in rounds) {
         split(key, kk, SUBSEP)
         if (kk[1] != row || !((row, "a", kk[2]) in e) || !((row, "b", kk[2]) in e) || e[row, "b", kk[2]] == 0) continue
         q = e[row, "a", kk[2]] / e[row, "b", kk[2]]
+        qs = qs " " q
         if (lo == "" || q < lo) lo = q
         if (hi == "" || q > hi) hi = q
       }
       if (row ~ /^5/ && !hdr5) {
         printf "%-31s %12s %14s %12s %14s\n", "", "mTLS on", "mTLS on", "mTLS off", "mTLS off"; hdr5 = 1
       }
-      printf "%-31s %12.0f %14.0f %12.0f %14.0f  %.2f-%.2f\n", name[row], median(rps[row, "a"]), median(eff[row, "a"]),
-        median(rps[row, "b"]), median(eff[row, "b"]), lo, hi
+      printf "%-31s %12.0f %14.0f %12.0f %14.0f  %.2f (%.2f-%.2f)\n", name[row], median(rps[row, "a"]), median(eff[row, "a"]),
+        median(rps[row, "b"]), median(eff[row, "b"]), median(qs), lo, hi
     }
   }' "$RESULTS"
 

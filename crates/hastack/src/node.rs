@@ -31,7 +31,9 @@ pub(crate) fn main(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // openraft logs every failed heartbeat to a down peer at ERROR, twice a
                 // second; the db agent logs what matters (leader changes, failovers).
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off")),
+                // rustls warns of what clients send (an IP address as SNI, from every
+                // wrk connection): counted in the TLS metrics, not logged per client.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off,rustls=error")),
         )
         .with_target(false)
         .with_ansi(false)
