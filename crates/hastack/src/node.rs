@@ -33,7 +33,9 @@ pub(crate) fn main(
                 // second; the db agent logs what matters (leader changes, failovers).
                 // rustls warns of what clients send (an IP address as SNI, from every
                 // wrk connection): counted in the TLS metrics, not logged per client.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=off,rustls=error")),
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,openraft=off,rustls=error")
+                }),
         )
         .with_target(false)
         .with_ansi(false)
