@@ -43,6 +43,9 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) struct SendFailure {
     /// True when no connection could be made.
     pub(crate) connect: bool,
+    /// True when that was for want of a resource of this host (file descriptors,
+    /// ephemeral ports, memory): not the server's fault.
+    pub(crate) local: bool,
     /// What happened.
     pub(crate) why: String,
     /// The request, when it was not written to any connection.
@@ -99,6 +102,7 @@ impl Connections {
                     None => {
                         return Err(SendFailure {
                             connect: false,
+                            local: false,
                             why: e.into_error().to_string(),
                             request: None,
                         });
@@ -108,16 +112,18 @@ impl Connections {
         }
         let mut sender = match tokio::time::timeout(connect_timeout, dial(addr, tls)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(why)) => {
+            Ok(Err(e)) => {
                 return Err(SendFailure {
                     connect: true,
-                    why,
+                    local: e.local,
+                    why: e.why,
                     request: Some(req),
                 });
             }
             Err(_) => {
                 return Err(SendFailure {
                     connect: true,
+                    local: false,
                     why: format!("connect timed out after {connect_timeout:?}"),
                     request: Some(req),
                 });
@@ -129,6 +135,7 @@ impl Connections {
                 let request = e.take_message();
                 Err(SendFailure {
                     connect: false,
+                    local: false,
                     why: e.into_error().to_string(),
                     request,
                 })
@@ -165,12 +172,40 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
+/// Why no connection could be opened.
+#[derive(Debug)]
+pub(crate) struct DialError {
+    /// What happened.
+    pub(crate) why: String,
+    /// For want of a resource of this host, not the server's fault.
+    pub(crate) local: bool,
+}
+
+impl From<String> for DialError {
+    fn from(why: String) -> DialError {
+        DialError { why, local: false }
+    }
+}
+
+/// Whether a connect error is this host running out of something (descriptors,
+/// ephemeral ports to that address, buffers, memory) rather than the server refusing:
+/// such an error must never take a healthy server out.
+pub(crate) fn local_resource_error(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error().map(Errno::from_raw).is_some_and(|n| {
+        matches!(
+            n,
+            Errno::EMFILE | Errno::ENFILE | Errno::EADDRNOTAVAIL | Errno::ENOBUFS | Errno::ENOMEM
+        )
+    })
+}
+
 /// Opens an HTTP/1.1 connection to `addr`, over TLS with `tls` (the server must show a
 /// certificate of `tls`'s CA for its name).
 pub(crate) async fn dial<B>(
     addr: SocketAddr,
     tls: Option<&UpstreamTls>,
-) -> Result<SendRequest<B>, String>
+) -> Result<SendRequest<B>, DialError>
 where
     B: Body + Send + 'static,
     B::Data: Send,
@@ -178,20 +213,23 @@ where
 {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
+        .map_err(|e| DialError {
+            local: local_resource_error(&e),
+            why: format!("connect to {addr}: {e}"),
+        })?;
     let _ = stream.set_nodelay(true);
     match tls {
-        None => handshake(addr, TokioIo::new(stream)).await,
+        None => Ok(handshake(addr, TokioIo::new(stream)).await?),
         Some(t) => {
             let stream = match t.connector.connect(t.name.clone(), stream).await {
                 Ok(s) => s,
                 Err(e) => {
                     t.metrics.failure("client", hastack_tls::failure_cause(&e));
-                    return Err(format!("TLS with {addr}: {e}"));
+                    return Err(format!("TLS with {addr}: {e}").into());
                 }
             };
             t.metrics.handshake("client", stream.get_ref().1);
-            handshake(addr, TokioIo::new(stream)).await
+            Ok(handshake(addr, TokioIo::new(stream)).await?)
         }
     }
 }
@@ -283,5 +321,35 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_local_resources_is_not_the_servers_fault() {
+        use nix::errno::Errno;
+        for local in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::EADDRNOTAVAIL,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+        ] {
+            let e = std::io::Error::from_raw_os_error(local as i32);
+            assert!(local_resource_error(&e), "{e}");
+        }
+        for server in [
+            Errno::ECONNREFUSED,
+            Errno::EHOSTUNREACH,
+            Errno::ETIMEDOUT,
+            Errno::ECONNRESET,
+        ] {
+            let e = std::io::Error::from_raw_os_error(server as i32);
+            assert!(!local_resource_error(&e), "{e}");
+        }
+        assert!(!local_resource_error(&std::io::Error::other("no errno")));
     }
 }

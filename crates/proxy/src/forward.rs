@@ -5,7 +5,9 @@
 //! Retry rule ([`Failure`]): a request whose connection was refused never reached a
 //! server, so it goes to the next one whatever its method; an idempotent request also
 //! goes to the next server after a broken exchange; a POST that may have reached a
-//! server is never sent twice; a timeout is never retried (the server may still be
+//! server is never sent twice; a connection this host could not open for want of its
+//! own resources (descriptors, ephemeral ports) moves on too but never takes the
+//! server out; a timeout is never retried (the server may still be
 //! working on it, and retrying would double the load that made it slow).
 
 use std::net::SocketAddr;
@@ -292,13 +294,12 @@ impl Proxy {
         let mut next = Some(request);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = String::from("no healthy server");
+        let mut last_failure: Option<Failure> = None;
         loop {
             let Some((index, server)) = self.pool.pick(&tried) else {
-                let status = if tried.is_empty() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
+                // No server left: 503 when none was tried (or this host is what
+                // failed), the last failure's status otherwise.
+                let status = last_failure.map_or(StatusCode::SERVICE_UNAVAILABLE, Failure::status);
                 warn!(pool = self.pool.name(), error = %last_error, "no server could take the request");
                 return self
                     .local_response(status, &format!("{} pool: {last_error}", self.pool.name()));
@@ -326,10 +327,10 @@ impl Proxy {
                     // A request that never left can go out again as it is.
                     next = f.request;
                     (
-                        if f.connect {
-                            Failure::Connect
-                        } else {
-                            Failure::Exchange
+                        match (f.connect, f.local) {
+                            (true, true) => Failure::Local,
+                            (true, false) => Failure::Connect,
+                            (false, _) => Failure::Exchange,
                         },
                         f.why,
                     )
@@ -339,7 +340,10 @@ impl Proxy {
                     format!("no response within {:?}", self.opts.response_timeout),
                 ),
             };
-            server.failures.inc();
+            last_failure = Some(failure);
+            if failure != Failure::Local {
+                server.failures.inc();
+            }
             last_error = format!("{}: {why}", server.name);
             if failure.takes_server_out() {
                 server.mark_down(&why);
@@ -370,6 +374,10 @@ fn copy_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
 enum Failure {
     /// No connection could be made: the request never left this proxy.
     Connect,
+    /// No connection could be made because this host ran out of something (file
+    /// descriptors, ephemeral ports, memory): the request never left, and the server
+    /// is not to blame.
+    Local,
     /// The exchange broke after the request may have reached the server.
     Exchange,
     /// No response headers within the timeout: the server may be working on it.
@@ -380,7 +388,7 @@ impl Failure {
     /// Whether the request may go to another server.
     fn retry_safe(self, idempotent: bool) -> bool {
         match self {
-            Failure::Connect => true,
+            Failure::Connect | Failure::Local => true,
             Failure::Exchange => idempotent,
             Failure::Timeout => false,
         }
@@ -395,6 +403,7 @@ impl Failure {
     fn status(self) -> StatusCode {
         match self {
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Local => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Connect | Failure::Exchange => StatusCode::BAD_GATEWAY,
         }
     }
@@ -506,6 +515,8 @@ mod tests {
         for (f, idem, retry, out, status) in [
             (Failure::Connect, false, true, true, 502),
             (Failure::Connect, true, true, true, 502),
+            (Failure::Local, false, true, false, 503),
+            (Failure::Local, true, true, false, 503),
             (Failure::Exchange, false, false, false, 502),
             (Failure::Exchange, true, true, false, 502),
             (Failure::Timeout, true, false, false, 504),

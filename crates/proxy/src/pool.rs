@@ -234,7 +234,13 @@ impl Pool {
                     )
                     .await
                     {
-                        Ok(r) => r,
+                        Ok(Err(ProbeError::Local(why))) => {
+                            // This host is short of descriptors or ports: no verdict on
+                            // the server, which may be perfectly healthy.
+                            tracing::debug!(server = %server.name, why, "health check not run");
+                            continue;
+                        }
+                        Ok(r) => r.map_err(|e| e.to_string()),
                         Err(_) => {
                             conn = None;
                             Err(format!("no answer within {:?}", check.timeout))
@@ -259,13 +265,45 @@ impl Pool {
 }
 
 /// One health check of `server` on `conn` (opened, or opened again, as needed).
+/// Why a health check failed: the server, or this host (no verdict on the server).
+#[derive(Debug)]
+enum ProbeError {
+    /// The server refused, broke the exchange, or answered badly.
+    Server(String),
+    /// This host ran out of descriptors or ephemeral ports: says nothing of the server.
+    Local(String),
+}
+
+impl From<String> for ProbeError {
+    fn from(why: String) -> ProbeError {
+        ProbeError::Server(why)
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Server(w) => f.write_str(w),
+            ProbeError::Local(w) => write!(f, "on this host: {w}"),
+        }
+    }
+}
+
 async fn probe(
     server: &Server,
     conn: &mut Option<SendRequest<Empty<Bytes>>>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let mut sender = match conn.take() {
         Some(s) if !s.is_closed() => s,
-        _ => crate::conn::dial(server.addr, server.tls.as_ref()).await?,
+        _ => crate::conn::dial(server.addr, server.tls.as_ref())
+            .await
+            .map_err(|e| {
+                if e.local {
+                    ProbeError::Local(e.why)
+                } else {
+                    ProbeError::Server(e.why)
+                }
+            })?,
     };
     sender.ready().await.map_err(|e| e.to_string())?;
     let req = hyper::Request::get("/healthz")
@@ -287,7 +325,7 @@ async fn probe(
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("status {status}"))
+        Err(ProbeError::Server(format!("status {status}")))
     }
 }
 
