@@ -211,7 +211,8 @@ impl Proxy {
     }
 
     /// Forwards `req`, which came from a client over `scheme` (`http` or `https`): the
-    /// edge, where `X-Forwarded-Proto` is set to `scheme` whatever the client sent.
+    /// edge, where `X-Forwarded-Proto` is set to `scheme` and `X-Forwarded-For` to the
+    /// client's address, whatever the client sent.
     /// HTTP/2 and HTTP/1.1 requests alike go upstream as HTTP/1.1.
     pub async fn forward_as(
         &self,
@@ -256,6 +257,11 @@ impl Proxy {
         };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
+        if edge_scheme.is_some() {
+            // At the edge a client's own X-Forwarded-For is a claim anyone can make:
+            // the address this proxy saw replaces it.
+            headers.remove(&X_FORWARDED_FOR);
+        }
         append_forwarded_for(&mut headers, peer);
         let keep_proto = edge_scheme.is_none()
             && self.opts.trust_forwarded_proto

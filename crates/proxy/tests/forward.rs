@@ -208,6 +208,45 @@ async fn hop_by_hop_headers_and_a_forged_forwarded_proto_do_not_pass() {
 }
 
 #[tokio::test]
+async fn at_the_edge_forwarded_headers_are_set_not_trusted() {
+    let (a, seen) = backend("b1").await;
+    let mut registry = Registry::default();
+    let pool = Pool::new("t", &[("b1".to_string(), a)], None, &mut registry);
+    let proxy = Proxy::new(ProxyOptions::new("edge"), pool, &mut registry);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let edge = listener.local_addr().expect("addr");
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = tx;
+        hastack_runtime::serve_http1(
+            listener,
+            move |req, peer| {
+                let p = proxy.clone();
+                async move { p.forward_as(req, peer, "https").await }
+            },
+            rx,
+        )
+        .await;
+    });
+    let raw = "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-For: 10.8.8.8\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n";
+    assert_eq!(request(edge, raw).await.status, 200);
+    let headers = seen.headers.lock().expect("lock").clone();
+    let xff: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-for")
+        .collect();
+    assert_eq!(
+        xff,
+        [&("x-forwarded-for".to_string(), "127.0.0.1".to_string())],
+        "the client's forged addresses must not pass the edge"
+    );
+    assert!(
+        headers.contains(&("x-forwarded-proto".into(), "https".into())),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_refused_connection_moves_any_request_to_the_next_server() {
     let dead = dead_addr().await;
     let (b, seen) = backend("b2").await;
