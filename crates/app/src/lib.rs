@@ -331,16 +331,6 @@ pub fn router(store: Store, node: &str) -> Router {
         }))
 }
 
-/// Makes sure app node `node`'s certificate of the internal CA exists (issuing it if
-/// not; [`Pki::ensure`] is idempotent and locked, so the supervisor may do the same at
-/// once) and returns the files it connects to the db nodes with, by absolute paths.
-async fn db_client_tls(
-    topo: &Topology,
-    node: &hastack_config::Node,
-) -> Result<ClientTls, PkiError> {
-    hastack_tls::pki::node_files(&topo.state_dir, &node.name, IpAddr::V4(node.address))
-}
-
 /// The store of `data` for the topology's db tier: every db node, the app's account.
 async fn open_store(
     topo: &Topology,
@@ -387,7 +377,11 @@ pub async fn run(
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
 
     let db_tls = match data {
-        DataSource::MariaDb(_) if topo.tls.internal => Some(db_client_tls(topo, node).await?),
+        DataSource::MariaDb(_) if topo.tls.internal => Some(hastack_tls::pki::node_files(
+            &topo.state_dir,
+            &node.name,
+            IpAddr::V4(node.address),
+        )?),
         _ => None,
     };
     let metrics = AppMetrics::default();

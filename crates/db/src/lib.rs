@@ -20,7 +20,7 @@ pub mod mycnf;
 pub mod raft;
 pub mod rebuild;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,7 @@ use hastack_config::{Role, Topology};
 use hastack_runtime::secrets::DbSecrets;
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
 use hastack_tls::pki::PkiError;
-use mycnf::{Accounts, Instance, Layout, TlsFiles};
+use mycnf::{Accounts, Instance, Layout};
 use serde_json::json;
 
 /// How long `mariadb-install-db` may take.
@@ -164,7 +164,11 @@ pub async fn run(
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
     let tls = if topo.tls.internal {
-        Some(node_tls(state_dir, name, node.address).await?)
+        Some(hastack_tls::pki::node_files(
+            state_dir,
+            name,
+            IpAddr::V4(node.address),
+        )?)
     } else {
         None
     };
@@ -324,18 +328,6 @@ pub async fn run(
     }
     let _ = admin_task.await;
     result
-}
-
-/// Makes sure db node `name`'s certificate of the internal CA exists, holds its name and
-/// address and is not due for renewal (issuing it if not: [`Pki::ensure`] is idempotent
-/// and takes the PKI's lock, so the supervisor and every node may call it at once), and
-/// returns its files by absolute paths, as `mariadbd` and `CHANGE MASTER` want them.
-async fn node_tls(state_dir: &Path, name: &str, address: Ipv4Addr) -> Result<TlsFiles, DbError> {
-    Ok(hastack_tls::pki::node_files(
-        state_dir,
-        name,
-        IpAddr::V4(address),
-    )?)
 }
 
 /// A lock that survives a panicked holder (the data is plain state, still usable).

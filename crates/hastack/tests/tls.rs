@@ -191,30 +191,22 @@ fn https_on_the_vip_with_sni_h2_mtls_between_tiers_renewal_and_failover() {
             "{node}: {}",
             plain.body
         );
-        let url = format!("https://{node}:{port}/healthz");
-        let resolve = format!("{node}:{port}:{}", addr.ip());
-        let ca = internal_ca.display().to_string();
-        let bare = curl(&["--cacert", &ca, "--resolve", &resolve, &url]);
+        let bare = https(node, addr, &internal_ca, "/healthz", &[]);
         assert!(
-            !bare.status.success(),
+            bare.is_err(),
             "{node} served a TLS client without a certificate"
         );
         let (crt, key) = (lb_crt.display().to_string(), lb_key.display().to_string());
-        let with = curl(&[
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            "--cert",
-            &crt,
-            "--key",
-            &key,
-            &url,
-        ]);
+        let with = https(
+            node,
+            addr,
+            &internal_ca,
+            "/healthz",
+            &["--cert", &crt, "--key", &key],
+        );
         assert!(
-            with.status.success(),
-            "{node} refused the CA's client certificate: {}",
-            String::from_utf8_lossy(&with.stderr)
+            with.is_ok(),
+            "{node} refused the CA's client certificate: {with:?}"
         );
     }
     // Sessions resume: one curl, three connections, the later ones resumed (TLS 1.3
@@ -339,19 +331,16 @@ fn passthrough_routes_tls_by_sni_to_the_web_tier_which_terminates_it() {
     assert!(served_by.starts_with("web"), "{served_by}");
     // The web nodes' HTTPS port takes only what the lbs relay (a PROXY v2 header with
     // the client's address first): a client connecting to it directly is dropped.
-    let (web1, ca_s) = (stack.addr(21), ca.display().to_string());
-    let resolve = format!("www.foobar.com:{}:{web1}", stack.web_https_port);
-    let url = format!("https://www.foobar.com:{}/", stack.web_https_port);
-    let direct = curl(&["--cacert", &ca_s, "--resolve", &resolve, &url]);
+    let web1 = std::net::SocketAddr::from((stack.addr(21), stack.web_https_port));
     assert!(
-        !direct.status.success(),
+        https("www.foobar.com", web1, &ca, "/", &[]).is_err(),
         "web1's passthrough port served a client without the lb's PROXY header"
     );
     // A name the site does not serve is not passed on.
-    let resolve = format!("evil.example.com:{}:{}", vip.port(), vip.ip());
-    let url = format!("https://evil.example.com:{}/", vip.port());
-    let out = curl(&["-k", "--resolve", &resolve, &url]);
-    assert!(!out.status.success(), "an unknown name was passed through");
+    assert!(
+        https("evil.example.com", vip, &ca, "/", &["-k"]).is_err(),
+        "an unknown name was passed through"
+    );
     let m = metrics(&stack, "lb1");
     assert!(
         m.contains("hastack_passthrough_connections_total{outcome=\"relayed\"}"),

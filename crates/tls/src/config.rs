@@ -20,7 +20,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::TlsError;
-use crate::pki::name_matches;
 use crate::reload::Reloading;
 
 /// ALPN protocol ids.
@@ -50,15 +49,8 @@ impl SniResolver {
 
     /// The certificate for server name `sni`.
     pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(sni) = sni {
-            for c in &self.certs {
-                let loaded = c.current();
-                if loaded.facts.dns.iter().any(|p| name_matches(p, sni)) {
-                    return Some(loaded.key);
-                }
-            }
-        }
-        self.certs.first().map(|c| c.key())
+        sni.and_then(|sni| self.certs.iter().find_map(|c| c.key_for(sni)))
+            .or_else(|| self.certs.first().map(|c| c.key()))
     }
 }
 

@@ -3,7 +3,6 @@
 //! web nodes), and the reloading that keeps both current.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use hastack_config::{Node, Topology};
@@ -104,11 +103,6 @@ impl NodeTls {
         })
     }
 
-    /// The CA certificate of the stack.
-    pub fn ca(&self) -> std::path::PathBuf {
-        self.pki.ca_cert()
-    }
-
     /// The TLS metrics of this node.
     pub fn metrics(&self) -> &TlsMetrics {
         &self.metrics
@@ -167,10 +161,5 @@ impl NodeTls {
                 }
             }
         });
-    }
-
-    /// Where the PKI lives.
-    pub fn pki_dir(&self) -> &Path {
-        self.pki.dir()
     }
 }

@@ -111,6 +111,16 @@ impl Reloading {
             .clone()
     }
 
+    /// The key in service if its certificate covers server name `sni`.
+    pub fn key_for(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+        cur.facts
+            .dns
+            .iter()
+            .any(|p| crate::pki::name_matches(p, sni))
+            .then(|| cur.key.clone())
+    }
+
     /// The certificate file.
     pub fn cert_path(&self) -> &Path {
         &self.cert

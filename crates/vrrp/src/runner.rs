@@ -84,6 +84,19 @@ impl InterfaceVip {
     pub fn interface(&self) -> &Interface {
         &self.iface
     }
+
+    /// Adds the VIP (or renews it) with its [`VIP_LIFETIME`]: taking it and refreshing
+    /// it are the same netlink request.
+    async fn add(&self) -> Result<(), NetError> {
+        self.netlink
+            .add(
+                self.iface.index,
+                self.vip,
+                self.prefix,
+                Some(VIP_LIFETIME.as_secs() as u32),
+            )
+            .await
+    }
 }
 
 /// How the VIP is held.
@@ -636,16 +649,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
         let VipMode::Interface(v) = &self.vip else {
             return;
         };
-        match v
-            .netlink
-            .add(
-                v.iface.index,
-                v.vip,
-                v.prefix,
-                Some(VIP_LIFETIME.as_secs() as u32),
-            )
-            .await
-        {
+        match v.add().await {
             Ok(()) => lp.refresh_at = Some(Instant::now() + VIP_REFRESH),
             Err(e) => {
                 let more = self.vip_failed(lp, &format!("cannot refresh the VIP: {e}"));
@@ -684,15 +688,7 @@ impl<T: Transport, H: VipHook> Runner<T, H> {
     async fn take_vip(&mut self, lp: &mut Loop) -> Result<(), String> {
         lp.release_at = None;
         if let VipMode::Interface(v) = &self.vip {
-            v.netlink
-                .add(
-                    v.iface.index,
-                    v.vip,
-                    v.prefix,
-                    Some(VIP_LIFETIME.as_secs() as u32),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            v.add().await.map_err(|e| e.to_string())?;
             lp.vip_held = true;
             lp.refresh_at = Some(Instant::now() + VIP_REFRESH);
             info!(vip = %v.vip, prefix = v.prefix, interface = %v.iface.name, "vrrp: VIP added");
