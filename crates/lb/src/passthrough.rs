@@ -48,8 +48,12 @@ impl Passthrough {
     pub(crate) fn new(topo: &Topology, pool: Arc<Pool>, registry: &mut Registry) -> Passthrough {
         let mut names = vec![topo.site.clone()];
         for c in &topo.tls.certificates {
-            if let Ok(l) = hastack_tls::reload::load_pair(&c.cert, &c.key) {
-                names.extend(l.facts.dns);
+            // Only the names: the lb never needs these certificates' keys.
+            let facts = std::fs::read(&c.cert)
+                .ok()
+                .and_then(|pem| hastack_tls::pki::cert_facts(&pem, &c.cert).ok());
+            if let Some(f) = facts {
+                names.extend(f.dns);
             }
         }
         let connections = Family::<Outcome, Counter>::default();
