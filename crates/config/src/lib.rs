@@ -205,6 +205,17 @@ pub struct HealthSettings {
     pub fall: u32,
 }
 
+/// The front door of the lb and web listeners: what an HTTP/1.1 request head may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Longest request or header line in bytes (414 or 431 above).
+    pub max_header_line: usize,
+    /// Most header lines in one request (431 above).
+    pub max_headers: usize,
+    /// A head must be complete this long after its first byte (408 after).
+    pub head_timeout: Duration,
+}
+
 /// Where the lbs decrypt the site's HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
@@ -338,6 +349,8 @@ pub struct Topology {
     pub vrrp: VrrpSettings,
     /// Health-check settings for every upstream pool.
     pub health: HealthSettings,
+    /// The front door of the lb and web listeners.
+    pub http: HttpSettings,
     /// Web tier settings.
     pub web: WebSettings,
     /// Database tier settings.

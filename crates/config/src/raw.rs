@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, Mode, Node,
-    Ports, Role, Subnet, TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
+    CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, HttpSettings,
+    Mode, Node, Ports, Role, Subnet, TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings,
+    line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -64,6 +65,11 @@ interval_ms = 200
 timeout_ms = 500
 rise = 2
 fall = 2
+
+[http]                     # the front door of the lb and web listeners (HTTP/1.1)
+max_header_line = 8192     # bytes in one header line: 431 above (414 for the request line)
+max_headers = 100          # header lines in one request: 431 above (at most 128)
+head_timeout_ms = 10000    # a request head must be whole this long after its first byte: 408
 
 [web]
 # root = "site"            # serve this directory instead of the built-in site
@@ -143,6 +149,8 @@ pub(crate) struct RawTopology {
     vrrp: RawVrrp,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    http: RawHttp,
     #[serde(default)]
     web: RawWeb,
     #[serde(default)]
@@ -258,6 +266,24 @@ impl Default for RawHealth {
             timeout_ms: Spanned::new(0..0, 500),
             rise: Spanned::new(0..0, 2),
             fall: Spanned::new(0..0, 2),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    max_header_line: Spanned<u64>,
+    max_headers: Spanned<u64>,
+    head_timeout_ms: Spanned<u64>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            max_header_line: Spanned::new(0..0, 8192),
+            max_headers: Spanned::new(0..0, 100),
+            head_timeout_ms: Spanned::new(0..0, 10_000),
         }
     }
 }
@@ -626,6 +652,25 @@ pub(crate) fn validate(
     c.positive(&h.rise, "health.rise");
     c.positive(&h.fall, "health.fall");
 
+    let hp = &raw.http;
+    c.positive(&hp.head_timeout_ms, "http.head_timeout_ms");
+    let line = *hp.max_header_line.get_ref();
+    if !(256..=65536).contains(&line) {
+        c.error(
+            &hp.max_header_line,
+            format!("http.max_header_line must be 256..=65536 bytes, found {line}"),
+            "8192 (nginx's large_client_header_buffers) suits almost every site",
+        );
+    }
+    let count = *hp.max_headers.get_ref();
+    if !(1..=128).contains(&count) {
+        c.error(
+            &hp.max_headers,
+            format!("http.max_headers must be 1..=128, found {count}"),
+            "100 is hyper's and HAProxy's default; browsers send about 20",
+        );
+    }
+
     if p.raft.get_ref() == p.db.get_ref() {
         c.error(
             &p.raft,
@@ -883,6 +928,11 @@ pub(crate) fn validate(
             timeout: Duration::from_millis(*h.timeout_ms.get_ref()),
             rise: *h.rise.get_ref(),
             fall: *h.fall.get_ref(),
+        },
+        http: HttpSettings {
+            max_header_line: *hp.max_header_line.get_ref() as usize,
+            max_headers: *hp.max_headers.get_ref() as usize,
+            head_timeout: Duration::from_millis(*hp.head_timeout_ms.get_ref()),
         },
         web: WebSettings {
             root: raw.web.root.map(PathBuf::from),

@@ -86,6 +86,8 @@ struct Site {
     hsts: bool,
     /// The site name, for redirects without a usable `Host`.
     name: String,
+    /// The strict front door of the VIP listeners.
+    door: Arc<hastack_runtime::front_door::FrontDoor>,
 }
 
 /// One year, the max-age HSTS preload lists ask for.
@@ -177,6 +179,7 @@ impl VipHook for VipListener {
         self.tasks.retain(|t| !t.is_finished());
         let site = self.site.clone();
         let vip = site.http;
+        let door = site.door.clone();
         let stop = rx.clone();
         self.tasks.push(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
@@ -184,10 +187,15 @@ impl VipHook for VipListener {
                 let site = site.clone();
                 async move { site.http(req, peer).await }
             };
-            hastack_runtime::serve(http, None, handler, stop).await;
+            let serving = hastack_runtime::Serving {
+                door,
+                ..Default::default()
+            };
+            hastack_runtime::serve_with(http, serving, handler, stop).await;
         }));
         if let (Some(listener), Some((addr, mode))) = (https, self.site.https.clone()) {
             let site = self.site.clone();
+            let door = site.door.clone();
             let stop = rx;
             self.tasks.push(self.rt.spawn(async move {
                 info!(vip = %addr, tls = match mode { Https::Terminate(_) => "terminate", Https::Passthrough(_) => "passthrough" }, "listening for HTTPS on the VIP");
@@ -197,7 +205,12 @@ impl VipHook for VipListener {
                             let site = site.clone();
                             async move { site.https(req, peer).await }
                         };
-                        hastack_runtime::serve(listener, Some(acceptor), handler, stop).await;
+                        let serving = hastack_runtime::Serving {
+                            tls: Some(acceptor),
+                            proxied: false,
+                            door,
+                        };
+                        hastack_runtime::serve_with(listener, serving, handler, stop).await;
                     }
                     Https::Passthrough(p) => p.serve(listener, stop).await,
                 }
@@ -259,6 +272,7 @@ pub async fn run(
     };
     let pool = Pool::new("web", &topo.endpoints(Role::Web), pool_tls, &mut registry);
     let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+    let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
     let https = match (topo.https_port, &mut tls) {
         (Some(port), Some(t)) => {
             let addr = SocketAddr::from((topo.vip, port));
@@ -387,6 +401,7 @@ pub async fn run(
             redirect_http: topo.tls.redirect_http,
             hsts: topo.tls.hsts,
             name: topo.site.clone(),
+            door,
         }),
         rt: tokio::runtime::Handle::current(),
         stop: None,

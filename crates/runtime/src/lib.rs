@@ -10,6 +10,7 @@
 //! registry.
 
 pub mod child;
+pub mod front_door;
 pub mod proxy_protocol;
 pub mod secrets;
 
@@ -82,8 +83,16 @@ pub fn steady_probe(
 /// Extra metrics text a node renders at scrape time (values read from elsewhere).
 pub type MetricsExtra = Arc<dyn Fn(&mut String) + Send + Sync>;
 
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers once it has begun (408
+/// after); the default of [`front_door::FrontDoor`].
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a keep-alive connection may stay idle between requests before the next
+/// head must begin; a connection idle longer is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a PROXY protocol header may take to arrive.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping listener lets open requests finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,8 +106,7 @@ pub async fn serve_http1<F, Fut, B>(
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     serve(listener, None, handler, shutdown).await
@@ -107,10 +115,23 @@ pub async fn serve_http1<F, Fut, B>(
 /// Most concurrent streams a client may open on one HTTP/2 connection.
 pub const H2_MAX_STREAMS: u32 = 128;
 
+/// How a listener serves its connections.
+#[derive(Clone, Default)]
+pub struct Serving {
+    /// TLS first (a plain-HTTP client gets a 400), then HTTP/2 or HTTP/1.1 by ALPN.
+    pub tls: Option<hastack_tls::Acceptor>,
+    /// Each connection starts with a PROXY protocol v2 header ([`proxy_protocol`])
+    /// whose client address the handler gets as the peer; one without is dropped.
+    pub proxied: bool,
+    /// The strict front door of HTTP/1.1 ([`front_door`]): limits and counters.
+    pub door: Arc<front_door::FrontDoor>,
+}
+
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
 /// connections [`DRAIN_TIMEOUT`] to finish. Without `tls`, HTTP/1.1 with keep-alive;
 /// with it, TLS first (a plain-HTTP client gets a 400), then HTTP/2 or HTTP/1.1 as
-/// ALPN chose. Requests reach `handler` the same way whatever the protocol.
+/// ALPN chose. Requests reach `handler` the same way whatever the protocol; HTTP/1.1
+/// requests pass the default front door.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     tls: Option<hastack_tls::Acceptor>,
@@ -119,48 +140,48 @@ pub async fn serve<F, Fut, B>(
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_inner(listener, tls, false, handler, shutdown).await
+    let serving = Serving {
+        tls,
+        ..Serving::default()
+    };
+    serve_with(listener, serving, handler, shutdown).await
 }
 
-/// Like [`serve`], for connections relayed by the lbs (TLS passthrough): each starts
-/// with a PROXY protocol v2 header ([`proxy_protocol`]), whose client address the
-/// handler gets as the peer; a connection without one is dropped.
-pub async fn serve_proxied<F, Fut, B>(
+/// Like [`serve`], as `serving` says.
+pub async fn serve_with<F, Fut, B>(
     listener: TcpListener,
-    tls: Option<hastack_tls::Acceptor>,
+    serving: Serving,
     handler: F,
     shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_inner(listener, tls, true, handler, shutdown).await
+    serve_inner(listener, serving, handler, shutdown).await
 }
 
 async fn serve_inner<F, Fut, B>(
     listener: TcpListener,
-    tls: Option<hastack_tls::Acceptor>,
-    proxied: bool,
+    serving: Serving,
     handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut h1 = hyper::server::conn::http1::Builder::new();
+    // hyper's timer runs from when it waits for a head, idle time included; the front
+    // door's own (408) runs from the head's first byte.
     h1.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(KEEPALIVE_TIMEOUT + serving.door.head_timeout())
         .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // hyper's h2 refuses malformed and connection-specific headers, a content-length
@@ -177,10 +198,11 @@ async fn serve_inner<F, Fut, B>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let watcher = graceful.watcher();
-        let (h1, h2, tls) = (h1.clone(), h2.clone(), tls.clone());
+        let (h1, h2) = (h1.clone(), h2.clone());
+        let (tls, proxied, door) = (serving.tls.clone(), serving.proxied, serving.door.clone());
         tokio::spawn(async move {
             if proxied {
-                match proxy_protocol::read(&mut stream, HEADER_READ_TIMEOUT).await {
+                match proxy_protocol::read(&mut stream, PROXY_HEADER_TIMEOUT).await {
                     Ok(Some(client)) => peer = client,
                     Ok(None) => {}
                     Err(e) => {
@@ -189,14 +211,13 @@ async fn serve_inner<F, Fut, B>(
                     }
                 }
             }
-            let svc = service_fn(move |req| {
-                let fut = handler(req, peer);
-                async move { Ok::<_, Infallible>(fut.await) }
-            });
+            // HTTP/1.1 passes the front door; h2 frames carry their own lengths.
             let result = match tls {
                 None => {
+                    let (io, guard) = door.wrap(stream, peer);
+                    let svc = service(handler, peer, Some(guard));
                     watcher
-                        .watch(h1.serve_connection(TokioIo::new(stream), svc))
+                        .watch(h1.serve_connection(TokioIo::new(io), svc))
                         .await
                 }
                 Some(tls) => {
@@ -204,11 +225,17 @@ async fn serve_inner<F, Fut, B>(
                         return;
                     };
                     let is_h2 = stream.get_ref().1.alpn_protocol() == Some(hastack_tls::ALPN_H2);
-                    let io = TokioIo::new(stream);
                     if is_h2 {
-                        watcher.watch(h2.serve_connection(io, svc)).await
+                        let svc = service(handler, peer, None);
+                        watcher
+                            .watch(h2.serve_connection(TokioIo::new(stream), svc))
+                            .await
                     } else {
-                        watcher.watch(h1.serve_connection(io, svc)).await
+                        let (io, guard) = door.wrap(stream, peer);
+                        let svc = service(handler, peer, Some(guard));
+                        watcher
+                            .watch(h1.serve_connection(TokioIo::new(io), svc))
+                            .await
                     }
                 }
             };
@@ -243,6 +270,42 @@ async fn serve_inner<F, Fut, B>(
     {
         warn!("connections still open after the drain timeout; closing them");
     }
+}
+
+/// The service of one connection: each request goes to `handler`, except the stand-ins
+/// of requests the front door refused (`guard`), which get the refusal.
+#[allow(clippy::type_complexity)]
+fn service<F, Fut, B>(
+    handler: F,
+    peer: SocketAddr,
+    guard: Option<Arc<front_door::ConnGuard>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<http_body_util::Either<B, Full<Bytes>>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<http_body_util::Either<B, Full<Bytes>>>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    service_fn(move |req| {
+        let refusal = guard.as_ref().and_then(|g| g.refusal_for_next());
+        let fut = refusal.is_none().then(|| handler(req, peer));
+        async move {
+            Ok::<_, Infallible>(match (fut, refusal) {
+                (Some(fut), _) => fut.await.map(http_body_util::Either::Left),
+                (None, r) => {
+                    front_door::refusal_response(r.unwrap_or(front_door::scan::refusals::MALFORMED))
+                        .map(http_body_util::Either::Right)
+                }
+            })
+        }
+    })
 }
 
 /// A small response with a body and content type.

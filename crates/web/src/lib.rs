@@ -151,6 +151,7 @@ pub async fn run(
     );
 
     let service_addr = SocketAddr::from((node.address, topo.ports.web));
+    let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
     let listener = bind_tcp(service_addr, "http", false)?;
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
 
@@ -186,9 +187,14 @@ pub async fn run(
         info!(node = name, addr = ?listener.local_addr().ok(), "serving clients' HTTPS (passthrough)");
         // The lbs relay these connections with a PROXY v2 header: the client's
         // address is the peer (X-Forwarded-For), not the lb's.
-        tokio::spawn(hastack_runtime::serve_proxied(
+        let serving = hastack_runtime::Serving {
+            tls: Some(acceptor),
+            proxied: true,
+            door: door.clone(),
+        };
+        tokio::spawn(hastack_runtime::serve_with(
             listener,
-            Some(acceptor),
+            serving,
             move |req, peer| {
                 let web = web.clone();
                 web.handle(req, peer, Some("https"))
@@ -196,9 +202,14 @@ pub async fn run(
             shutdown,
         ))
     });
-    hastack_runtime::serve(
+    let serving = hastack_runtime::Serving {
+        tls: internal,
+        proxied: false,
+        door,
+    };
+    hastack_runtime::serve_with(
         listener,
-        internal,
+        serving,
         move |req, peer| {
             let web = web.clone();
             web.handle(req, peer, None)
