@@ -147,6 +147,9 @@ pub struct Node {
     pub address: Ipv4Addr,
     /// VRRP priority (lb nodes only, 1..=254).
     pub priority: Option<u8>,
+    /// Share of requests relative to its tier's other nodes (web and app nodes; 1
+    /// unless given; 0 takes no new requests).
+    pub weight: u32,
 }
 
 /// Ports shared by every node of a tier (each node has its own address).
@@ -203,6 +206,65 @@ pub struct HealthSettings {
     pub rise: u32,
     /// Consecutive failures that take a server out.
     pub fall: u32,
+}
+
+/// How the lbs choose a web node (HAProxy's `balance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest requests in flight per weight.
+    LeastConn,
+    /// Two random choices by weight; the lighter wins.
+    Random,
+    /// The first node (in the file's order) that may take the request.
+    First,
+    /// Consistent hashing of [`LbSettings::hash_key`] with bounded loads.
+    Hash,
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// The client's address.
+    Source,
+    /// Path and query.
+    Uri,
+    /// A header's value (lower-case name).
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+/// The `[lb]` section: balancing, limits and passive health of the lbs' web pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbSettings {
+    /// The algorithm.
+    pub balance: Balance,
+    /// What `hash` hashes.
+    pub hash_key: HashOn,
+    /// `hash`: a node takes at most this percentage of the average load.
+    pub hash_balance_factor: u32,
+    /// The sticky-session cookie's name, if any.
+    pub sticky_cookie: Option<String>,
+    /// Requests one web node takes at once (0: no limit).
+    pub max_conn_per_server: u32,
+    /// Longest wait in the queue when every node is at its limit.
+    pub queue_timeout: Duration,
+    /// A node back in service ramps up over this long.
+    pub slow_start: Duration,
+    /// Consecutive 5xx or broken exchanges that eject a node (0: never).
+    pub eject_after: u32,
+    /// How long an ejected node stays out.
+    pub eject_for: Duration,
+    /// Requests per second per client IP (0: no limit).
+    pub rate_limit: u32,
+    /// Requests a client may send at once above the rate (0: one second's worth).
+    pub rate_burst: u32,
+    /// Open connections per client IP (0: no limit).
+    pub max_conn_per_client: u32,
+    /// Open connections in all (0: no limit).
+    pub max_conn: u32,
 }
 
 /// The front door of the lb and web listeners: what an HTTP/1.1 request head may be.
@@ -349,6 +411,8 @@ pub struct Topology {
     pub vrrp: VrrpSettings,
     /// Health-check settings for every upstream pool.
     pub health: HealthSettings,
+    /// The lbs' balancing and limits.
+    pub lb: LbSettings,
     /// The front door of the lb and web listeners.
     pub http: HttpSettings,
     /// Web tier settings.

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HealthSettings, HttpSettings,
-    Mode, Node, Ports, Role, Subnet, TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings,
-    line_col,
+    Balance, CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HashOn, HealthSettings,
+    HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet, TlsMode, TlsSettings, Topology,
+    VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -65,6 +65,23 @@ interval_ms = 200
 timeout_ms = 500
 rise = 2
 fall = 2
+
+[lb]                       # how the lbs balance the web nodes (HAProxy's backend settings)
+balance = "roundrobin"     # "leastconn", "random" (two random choices, the lighter wins),
+                           # "first", or "hash" (consistent, with bounded loads)
+hash_key = "source"        # balance = "hash": "source", "uri", "header:NAME" or "cookie:NAME"
+hash_balance_factor = 125  # hash: no web node takes more than 125% of the average load
+sticky_cookie = ""         # e.g. "SERVERID": an inserted cookie keeps a client on its web node
+max_conn_per_server = 0    # requests one web node takes at once (0: no limit); the rest queue
+queue_timeout_ms = 1000    # ... for at most this long, then 503
+slow_start_ms = 0          # a web node back in service ramps up to its weight over this long
+eject_after = 0            # consecutive 5xx or broken exchanges that eject a web node (0: never)
+eject_ms = 10000           # ... for this long, whatever its health checks say
+rate_limit = 0             # requests per second per client IP (0: no limit); 429 above
+rate_burst = 0             # requests a client may send at once above the rate (0: one second's)
+max_conn_per_client = 0    # open connections per client IP (0: no limit)
+max_conn = 0               # open connections in all (0: no limit)
+# A web node's weight: `weight = N` (0..=256, default 1) in its [[node]].
 
 [http]                     # the front door of the lb and web listeners (HTTP/1.1)
 max_header_line = 8192     # bytes in one header line: 431 above (414 for the request line)
@@ -149,6 +166,8 @@ pub(crate) struct RawTopology {
     vrrp: RawVrrp,
     #[serde(default)]
     health: RawHealth,
+    #[serde(default)]
+    lb: RawLb,
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
@@ -270,6 +289,119 @@ impl Default for RawHealth {
     }
 }
 
+/// The `[lb]` section, checked.
+fn lb_settings(raw: &RawLb, c: &mut Checker) -> LbSettings {
+    let balance = match raw.balance.get_ref().as_str() {
+        "roundrobin" => Balance::RoundRobin,
+        "leastconn" => Balance::LeastConn,
+        "random" => Balance::Random,
+        "first" => Balance::First,
+        "hash" => Balance::Hash,
+        other => {
+            c.error(
+                &raw.balance,
+                format!("lb.balance is \"{other}\", which is not an algorithm hastack knows"),
+                "use \"roundrobin\", \"leastconn\", \"random\", \"first\" or \"hash\"",
+            );
+            Balance::RoundRobin
+        }
+    };
+    let key = raw.hash_key.get_ref();
+    let hash_key = match key.split_once(':') {
+        None if key == "source" => HashOn::Source,
+        None if key == "uri" => HashOn::Uri,
+        Some(("header", h))
+            if !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            HashOn::Header(h.to_ascii_lowercase())
+        }
+        Some(("cookie", k)) if !k.is_empty() && !k.contains([';', '=', ' ']) => {
+            HashOn::Cookie(k.to_string())
+        }
+        _ => {
+            c.error(
+                &raw.hash_key,
+                format!("lb.hash_key is \"{key}\", which names nothing to hash"),
+                "use \"source\", \"uri\", \"header:NAME\" or \"cookie:NAME\"",
+            );
+            HashOn::Source
+        }
+    };
+    let factor = *raw.hash_balance_factor.get_ref();
+    if !(100..=1000).contains(&factor) {
+        c.error(
+            &raw.hash_balance_factor,
+            format!("lb.hash_balance_factor must be 100..=1000 (percent), found {factor}"),
+            "125 lets a node take 25% more than the average before its keys spill over",
+        );
+    }
+    let cookie = raw.sticky_cookie.get_ref().trim();
+    if cookie.contains([';', '=', ' ', ',']) {
+        c.error(
+            &raw.sticky_cookie,
+            format!("lb.sticky_cookie \"{cookie}\" is not a cookie name"),
+            "use a token such as \"SERVERID\", or \"\" for no sticky sessions",
+        );
+    }
+    c.positive(&raw.queue_timeout_ms, "lb.queue_timeout_ms");
+    c.positive(&raw.eject_ms, "lb.eject_ms");
+    LbSettings {
+        balance,
+        hash_key,
+        hash_balance_factor: factor,
+        sticky_cookie: (!cookie.is_empty()).then(|| cookie.to_string()),
+        max_conn_per_server: raw.max_conn_per_server,
+        queue_timeout: Duration::from_millis(*raw.queue_timeout_ms.get_ref()),
+        slow_start: Duration::from_millis(raw.slow_start_ms),
+        eject_after: raw.eject_after,
+        eject_for: Duration::from_millis(*raw.eject_ms.get_ref()),
+        rate_limit: raw.rate_limit,
+        rate_burst: raw.rate_burst,
+        max_conn_per_client: raw.max_conn_per_client,
+        max_conn: raw.max_conn,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLb {
+    balance: Spanned<String>,
+    hash_key: Spanned<String>,
+    hash_balance_factor: Spanned<u32>,
+    sticky_cookie: Spanned<String>,
+    max_conn_per_server: u32,
+    queue_timeout_ms: Spanned<u64>,
+    slow_start_ms: u64,
+    eject_after: u32,
+    eject_ms: Spanned<u64>,
+    rate_limit: u32,
+    rate_burst: u32,
+    max_conn_per_client: u32,
+    max_conn: u32,
+}
+
+impl Default for RawLb {
+    fn default() -> Self {
+        RawLb {
+            balance: Spanned::new(0..0, "roundrobin".into()),
+            hash_key: Spanned::new(0..0, "source".into()),
+            hash_balance_factor: Spanned::new(0..0, 125),
+            sticky_cookie: Spanned::new(0..0, String::new()),
+            max_conn_per_server: 0,
+            queue_timeout_ms: Spanned::new(0..0, 1000),
+            slow_start_ms: 0,
+            eject_after: 0,
+            eject_ms: Spanned::new(0..0, 10_000),
+            rate_limit: 0,
+            rate_burst: 0,
+            max_conn_per_client: 0,
+            max_conn: 0,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
@@ -366,6 +498,7 @@ struct RawNode {
     role: Spanned<String>,
     address: Spanned<String>,
     priority: Option<Spanned<i64>>,
+    weight: Option<Spanned<i64>>,
 }
 
 /// A hint for serde's own messages (unknown field, wrong type, missing field).
@@ -652,6 +785,7 @@ pub(crate) fn validate(
     c.positive(&h.rise, "health.rise");
     c.positive(&h.fall, "health.fall");
 
+    let lb = lb_settings(&raw.lb, &mut c);
     let hp = &raw.http;
     c.positive(&hp.head_timeout_ms, "http.head_timeout_ms");
     let line = *hp.max_header_line.get_ref();
@@ -827,12 +961,37 @@ pub(crate) fn validate(
             }
             _ => None,
         };
+        let weight = match (&n.weight, role) {
+            (Some(w), Some(Role::Web | Role::App)) => {
+                let v = *w.get_ref();
+                if (0..=256).contains(&v) {
+                    v as u32
+                } else {
+                    c.error(
+                        w,
+                        format!("node `{name}` has weight {v}, expected 0..=256"),
+                        "a node with weight 2 gets twice the requests of one with weight 1; 0 takes none",
+                    );
+                    1
+                }
+            }
+            (Some(w), Some(r)) => {
+                c.error(
+                    w,
+                    format!("node `{name}` is a {r} node; only web and app nodes have a weight"),
+                    "remove the weight line",
+                );
+                1
+            }
+            _ => 1,
+        };
         if let (Some(role), Some(address)) = (role, address) {
             nodes.push(Node {
                 name,
                 role,
                 address,
                 priority,
+                weight,
             });
         }
     }
@@ -929,6 +1088,7 @@ pub(crate) fn validate(
             rise: *h.rise.get_ref(),
             fall: *h.fall.get_ref(),
         },
+        lb,
         http: HttpSettings {
             max_header_line: *hp.max_header_line.get_ref() as usize,
             max_headers: *hp.max_headers.get_ref() as usize,

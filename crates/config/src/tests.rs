@@ -572,3 +572,81 @@ fn empty_certificate_path() {
         "tls.certificate #1 has an empty cert path",
     );
 }
+
+#[test]
+fn lb_section_defaults_and_settings() {
+    let t = parse(DEFAULT_TOPOLOGY, Path::new("t.toml")).expect("default");
+    assert_eq!(t.lb.balance, Balance::RoundRobin);
+    assert_eq!(t.lb.sticky_cookie, None);
+    assert!(t.nodes.iter().all(|n| n.weight == 1));
+    let text = edited("balance = \"roundrobin\"", "balance = \"hash\"")
+        .replace("hash_key = \"source\"", "hash_key = \"cookie:session\"")
+        .replace("sticky_cookie = \"\"", "sticky_cookie = \"SERVERID\"")
+        .replace(
+            "name = \"web2\"\nrole = \"web\"",
+            "name = \"web2\"\nrole = \"web\"\nweight = 3",
+        );
+    let t = parse(&text, Path::new("t.toml")).expect("edited");
+    assert_eq!(t.lb.balance, Balance::Hash);
+    assert_eq!(t.lb.hash_key, HashOn::Cookie("session".into()));
+    assert_eq!(t.lb.sticky_cookie.as_deref(), Some("SERVERID"));
+    assert_eq!(t.node("web2").map(|n| n.weight), Some(3));
+}
+
+#[test]
+fn unknown_balance_algorithm() {
+    let text = edited("balance = \"roundrobin\"", "balance = \"fastest\"");
+    let e = one_error_at(
+        &text,
+        line_of(&text, "balance = \"fastest\""),
+        "lb.balance is \"fastest\"",
+    );
+    assert_eq!(
+        e.help.as_deref(),
+        Some("use \"roundrobin\", \"leastconn\", \"random\", \"first\" or \"hash\"")
+    );
+}
+
+#[test]
+fn bad_hash_key_and_weight() {
+    let text = edited("hash_key = \"source\"", "hash_key = \"header:\"");
+    one_error_at(
+        &text,
+        line_of(&text, "hash_key = \"header:\""),
+        "lb.hash_key is \"header:\", which names nothing to hash",
+    );
+    let text = edited(
+        "name = \"web1\"\nrole = \"web\"",
+        "name = \"web1\"\nrole = \"web\"\nweight = 300",
+    );
+    one_error_at(
+        &text,
+        line_of(&text, "weight = 300"),
+        "node `web1` has weight 300, expected 0..=256",
+    );
+    let text = edited(
+        "name = \"db1\"\nrole = \"db\"",
+        "name = \"db1\"\nrole = \"db\"\nweight = 2",
+    );
+    one_error_at(
+        &text,
+        line_of(&text, "weight = 2"),
+        "node `db1` is a db node; only web and app nodes have a weight",
+    );
+}
+
+#[test]
+fn front_door_limits_are_bounded() {
+    let text = edited("max_header_line = 8192", "max_header_line = 10");
+    one_error_at(
+        &text,
+        line_of(&text, "max_header_line = 10"),
+        "http.max_header_line must be 256..=65536 bytes, found 10",
+    );
+    let text = edited("max_headers = 100", "max_headers = 500");
+    one_error_at(
+        &text,
+        line_of(&text, "max_headers = 500"),
+        "http.max_headers must be 1..=128, found 500",
+    );
+}

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Stack, alive, eventually, host_of, http};
+use common::{Options, Stack, alive, eventually, http};
 
 fn served_by(stack: &Stack) -> Option<String> {
     let r = stack.get("/api/posts").ok()?;
@@ -231,4 +231,45 @@ fn sigterm_stops_every_tier_and_leaves_nothing() {
         lb.iter().max() <= web.iter().min() && web.iter().max() <= app.iter().min(),
         "stop order: lb {lb:?}, web {web:?}, app {app:?}"
     );
+}
+
+#[test]
+fn the_lb_limits_each_clients_rate_and_connections() {
+    let stack = Stack::up_edited(Options { sqlite: true }, |t| {
+        format!("{t}\n[lb]\nrate_limit = 5\nmax_conn_per_client = 3\n")
+    });
+    eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    // Three idle connections are this client's share; a fourth is closed at once.
+    let held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(stack.vip()).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = std::net::TcpStream::connect(stack.vip()).expect("connect");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = std::io::Write::write_all(&mut fourth, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut fourth, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the fourth connection is closed unanswered");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    // 5 requests per second, 5 at once: of 30 sent as fast as they go, at most
+    // 5 + 5 per second taken pass; the others get 429 with Retry-After.
+    let mut limited = Vec::new();
+    let started = Instant::now();
+    for _ in 0..30 {
+        let r = http(stack.vip(), "GET", "/healthz", &[], "").expect("request");
+        if r.status == 429 {
+            limited.push(r);
+        }
+    }
+    let allowed = 5.0 + 5.0 * started.elapsed().as_secs_f64() + 1.0;
+    let passed = 30 - limited.len();
+    assert!(
+        passed >= 5 && (passed as f64) <= allowed,
+        "{passed} passed in {:?}, at most {allowed} allowed",
+        started.elapsed()
+    );
+    assert!(limited.iter().all(|r| r.header("retry-after") == Some("1")));
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod passthrough;
+pub mod rate;
 
 use hastack_config::{Mode, Role, TlsMode, Topology};
 use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
@@ -88,14 +89,41 @@ struct Site {
     name: String,
     /// The strict front door of the VIP listeners.
     door: Arc<hastack_runtime::front_door::FrontDoor>,
+    /// Open-connection limits of the VIP listeners (`lb.max_conn`, `max_conn_per_client`).
+    limits: Option<Arc<hastack_runtime::conn_limits::ConnLimits>>,
+    /// Per-client request rate (`lb.rate_limit`).
+    rate: Option<Arc<rate::RateLimiter>>,
+    /// Requests answered 429.
+    rate_limited: prometheus_client::metrics::counter::Counter,
 }
 
 /// One year, the max-age HSTS preload lists ask for.
 const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 impl Site {
+    /// The 429 for a client over its request rate, if it is.
+    fn over_rate(&self, peer: SocketAddr) -> Option<Response<ProxyBody>> {
+        let wait = self
+            .rate
+            .as_ref()?
+            .admit(peer.ip(), std::time::Instant::now())
+            .err()?;
+        self.rate_limited.inc();
+        let mut resp = self.proxy.local_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests from your address; retry after the time in Retry-After",
+        );
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        Some(resp)
+    }
+
     /// Answers a plain-HTTP request: a redirect to HTTPS, or the proxied answer.
     async fn http(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        if let Some(refused) = self.over_rate(peer) {
+            return refused;
+        }
         match (&self.https, self.redirect_http) {
             (Some((https, _)), true) => {
                 let host = req
@@ -130,7 +158,10 @@ impl Site {
 
     /// Answers a request that came over HTTPS (HTTP/2 or HTTP/1.1).
     async fn https(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let mut resp = self.proxy.forward_as(req, peer, "https").await;
+        let mut resp = match self.over_rate(peer) {
+            Some(refused) => refused,
+            None => self.proxy.forward_as(req, peer, "https").await,
+        };
         if self.hsts {
             resp.headers_mut()
                 .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
@@ -180,6 +211,7 @@ impl VipHook for VipListener {
         let site = self.site.clone();
         let vip = site.http;
         let door = site.door.clone();
+        let limits = site.limits.clone();
         let stop = rx.clone();
         self.tasks.push(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
@@ -189,6 +221,7 @@ impl VipHook for VipListener {
             };
             let serving = hastack_runtime::Serving {
                 door,
+                limits,
                 ..Default::default()
             };
             hastack_runtime::serve_with(http, serving, handler, stop).await;
@@ -196,6 +229,7 @@ impl VipHook for VipListener {
         if let (Some(listener), Some((addr, mode))) = (https, self.site.https.clone()) {
             let site = self.site.clone();
             let door = site.door.clone();
+            let limits = site.limits.clone();
             let stop = rx;
             self.tasks.push(self.rt.spawn(async move {
                 info!(vip = %addr, tls = match mode { Https::Terminate(_) => "terminate", Https::Passthrough(_) => "passthrough" }, "listening for HTTPS on the VIP");
@@ -209,6 +243,7 @@ impl VipHook for VipListener {
                             tls: Some(acceptor),
                             proxied: false,
                             door,
+                            limits,
                         };
                         hastack_runtime::serve_with(listener, serving, handler, stop).await;
                     }
@@ -270,9 +305,52 @@ pub async fn run(
         }),
         _ => None,
     };
-    let pool = Pool::new("web", &topo.endpoints(Role::Web), pool_tls, &mut registry);
-    let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+    let pool = Pool::with_options(
+        "web",
+        &topo.endpoints(Role::Web),
+        pool_tls,
+        hastack_proxy::PoolOptions::for_lb(topo),
+        &mut registry,
+    );
+    let proxy = Proxy::new(
+        ProxyOptions::for_lb(name, &topo.lb),
+        pool.clone(),
+        &mut registry,
+    );
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
+    let limits = (topo.lb.max_conn > 0 || topo.lb.max_conn_per_client > 0).then(|| {
+        hastack_runtime::conn_limits::ConnLimits::new(
+            topo.lb.max_conn,
+            topo.lb.max_conn_per_client,
+            &mut registry,
+        )
+    });
+    let rate = (topo.lb.rate_limit > 0).then(|| {
+        Arc::new(rate::RateLimiter::new(
+            topo.lb.rate_limit,
+            topo.lb.rate_burst,
+        ))
+    });
+    let rate_limited = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "hastack_lb_rate_limited",
+        "Requests answered 429: the client was over lb.rate_limit",
+        rate_limited.clone(),
+    );
+    if let Some(rate) = &rate {
+        // Forget clients that went quiet, so memory follows the active ones.
+        let rate = rate.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tick.tick() => rate.prune(std::time::Instant::now()),
+                }
+            }
+        });
+    }
     let https = match (topo.https_port, &mut tls) {
         (Some(port), Some(t)) => {
             let addr = SocketAddr::from((topo.vip, port));
@@ -402,6 +480,9 @@ pub async fn run(
             hsts: topo.tls.hsts,
             name: topo.site.clone(),
             door,
+            limits,
+            rate,
+            rate_limited,
         }),
         rt: tokio::runtime::Handle::current(),
         stop: None,

@@ -119,8 +119,13 @@ impl Passthrough {
             return;
         }
         let mut tried = Vec::new();
-        while let Some((i, server)) = self.pool.pick(&tried) {
+        let key = match peer.ip() {
+            std::net::IpAddr::V4(a) => hastack_proxy::balance::hash(&a.octets()),
+            std::net::IpAddr::V6(a) => hastack_proxy::balance::hash(&a.octets()),
+        };
+        while let Some((i, server)) = self.pool.pick(key, &tried) {
             tried.push(i);
+            let server_ref = server.clone();
             let addr = SocketAddr::new(server.addr.ip(), self.port);
             let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
                 .await
@@ -142,6 +147,7 @@ impl Passthrough {
                 return;
             }
             self.count("relayed");
+            let _in_flight = server_ref.begin();
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             return;
         }

@@ -149,6 +149,7 @@ impl Connections {
                 body,
                 home: Some((sender, self.clone())),
                 stall: None,
+                in_flight: None,
             };
             if pooled.body.is_end_stream() {
                 pooled.release();
@@ -262,12 +263,22 @@ pub struct PooledBody {
     home: Option<(Sender, Arc<Connections>)>,
     /// Armed only while the upstream keeps us waiting.
     stall: Option<Pin<Box<Sleep>>>,
+    /// The server's count of requests in flight, held until the body ends.
+    in_flight: Option<crate::pool::InFlight>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
+        self.in_flight = None;
         if let Some((sender, pool)) = self.home.take() {
             pool.push(sender);
+        }
+    }
+
+    /// Holds `g` until the body ends (or is dropped).
+    pub(crate) fn hold(&mut self, g: crate::pool::InFlight) {
+        if self.home.is_some() {
+            self.in_flight = Some(g);
         }
     }
 }

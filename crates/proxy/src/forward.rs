@@ -24,8 +24,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
+use crate::balance::{HashOn, hash};
 use crate::conn::PooledBody;
-use crate::pool::Pool;
+use crate::pool::{NoServer, Pool};
 
 /// A response body: streamed from upstream, or made here.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -53,9 +54,22 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Longest wait for a client's whole request body (408 after).
     pub request_body_timeout: Duration,
+    /// What `balance = "hash"` hashes.
+    pub hash_key: HashOn,
+    /// Sticky sessions: the name of the cookie that keeps a client on its server
+    /// (HAProxy's `cookie NAME insert indirect`).
+    pub sticky_cookie: Option<String>,
 }
 
 impl ProxyOptions {
+    /// The lb's options: defaults, with the hash key and sticky cookie of `[lb]`.
+    pub fn for_lb(node_name: &str, lb: &hastack_config::LbSettings) -> ProxyOptions {
+        let mut o = ProxyOptions::new(node_name);
+        o.hash_key = lb.hash_key.clone();
+        o.sticky_cookie = lb.sticky_cookie.clone();
+        o
+    }
+
     /// Defaults for a proxy called `node_name`.
     pub fn new(node_name: &str) -> ProxyOptions {
         ProxyOptions {
@@ -66,6 +80,8 @@ impl ProxyOptions {
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             request_body_timeout: Duration::from_secs(30),
+            hash_key: HashOn::Source,
+            sticky_cookie: None,
         }
     }
 }
@@ -256,6 +272,14 @@ impl Proxy {
             }
         };
         let mut headers = parts.headers;
+        let key = self.hash_key(&headers, &parts.uri, peer);
+        // The sticky cookie names the client's server; it is this proxy's business
+        // and does not go upstream.
+        let sticky = self
+            .opts
+            .sticky_cookie
+            .as_deref()
+            .and_then(|name| take_cookie(&mut headers, name));
         strip_hop_by_hop(&mut headers);
         if edge_scheme.is_some() {
             // At the edge a client's own X-Forwarded-For is a claim anyone can make:
@@ -302,19 +326,41 @@ impl Proxy {
         let mut last_error = String::from("no healthy server");
         let mut last_failure: Option<Failure> = None;
         loop {
-            let Some((index, server)) = self.pool.pick(&tried) else {
-                // No server left: 503 when none was tried (or this host is what
-                // failed), the last failure's status otherwise.
-                let status = last_failure.map_or(StatusCode::SERVICE_UNAVAILABLE, Failure::status);
-                warn!(pool = self.pool.name(), error = %last_error, "no server could take the request");
-                return self
-                    .local_response(status, &format!("{} pool: {last_error}", self.pool.name()));
+            let stuck = tried.is_empty().then_some(sticky.as_deref()).flatten();
+            let picked = match stuck.and_then(|name| self.pool.pick_named(name)) {
+                Some(p) => Ok(p),
+                None => self.pool.pick_queued(key, &tried).await,
+            };
+            let (index, server) = match picked {
+                Ok(p) => p,
+                Err(NoServer::QueueFull) => {
+                    warn!(
+                        pool = self.pool.name(),
+                        "every server is at its connection limit and the queue wait ran out"
+                    );
+                    return self.local_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{} pool: every server is busy", self.pool.name()),
+                    );
+                }
+                Err(NoServer::Down) => {
+                    // No server left: 503 when none was tried (or this host is what
+                    // failed), the last failure's status otherwise.
+                    let status =
+                        last_failure.map_or(StatusCode::SERVICE_UNAVAILABLE, Failure::status);
+                    warn!(pool = self.pool.name(), error = %last_error, "no server could take the request");
+                    return self.local_response(
+                        status,
+                        &format!("{} pool: {last_error}", self.pool.name()),
+                    );
+                }
             };
             tried.push(index);
             let Some(request) = next.take().or_else(|| spare.as_ref().map(copy_request)) else {
                 return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
             };
             server.requests.inc();
+            let in_flight = server.begin();
             let sent = server.conns.send(
                 server.addr,
                 server.tls.as_ref(),
@@ -324,8 +370,22 @@ impl Proxy {
             let (failure, why) = match tokio::time::timeout(self.opts.response_timeout, sent).await
             {
                 Ok(Ok(mut resp)) => {
+                    if resp.status().is_server_error() {
+                        server.observe(
+                            Some(&format!("status {}", resp.status())),
+                            self.pool.options(),
+                        );
+                    } else {
+                        server.observe(None, self.pool.options());
+                    }
+                    resp.body_mut().hold(in_flight);
                     strip_hop_by_hop(resp.headers_mut());
                     prepend_served_by(resp.headers_mut(), &self.served_by);
+                    if let Some(name) = &self.opts.sticky_cookie
+                        && sticky.as_deref() != Some(server.name.as_str())
+                    {
+                        set_sticky_cookie(resp.headers_mut(), name, &server.name);
+                    }
                     self.count(resp.status());
                     return resp.map(Either::Left);
                 }
@@ -350,6 +410,9 @@ impl Proxy {
             if failure != Failure::Local {
                 server.failures.inc();
             }
+            if failure == Failure::Exchange {
+                server.observe(Some(&why), self.pool.options());
+            }
             last_error = format!("{}: {why}", server.name);
             if failure.takes_server_out() {
                 server.mark_down(&why);
@@ -361,6 +424,71 @@ impl Proxy {
             warn!(server = %server.name, error = %why, "upstream failed; the request may have reached it, so it is not retried");
             return self.local_response(failure.status(), &last_error);
         }
+    }
+}
+
+impl Proxy {
+    /// The request's key for `balance = "hash"`.
+    fn hash_key(&self, headers: &HeaderMap, uri: &http::Uri, peer: SocketAddr) -> u64 {
+        match &self.opts.hash_key {
+            HashOn::Source => match peer.ip() {
+                std::net::IpAddr::V4(a) => hash(&a.octets()),
+                std::net::IpAddr::V6(a) => hash(&a.octets()),
+            },
+            HashOn::Uri => hash(
+                uri.path_and_query()
+                    .map_or(uri.path(), |p| p.as_str())
+                    .as_bytes(),
+            ),
+            HashOn::Header(name) => hash(
+                headers
+                    .get(name.as_str())
+                    .map_or(&b""[..], |v| v.as_bytes()),
+            ),
+            HashOn::Cookie(name) => hash(cookie(headers, name).unwrap_or_default().as_bytes()),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Removes cookie `name` from the request's `Cookie` headers and returns its value.
+fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    let value = cookie(headers, name)?.to_string();
+    let rest: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !rest.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&rest.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+    Some(value)
+}
+
+/// Tells the client which server to come back to.
+fn set_sticky_cookie(headers: &mut HeaderMap, name: &str, server: &str) {
+    if let Ok(v) =
+        HeaderValue::from_str(&format!("{name}={server}; Path=/; HttpOnly; SameSite=Lax"))
+    {
+        headers.append(header::SET_COOKIE, v);
     }
 }
 

@@ -5,12 +5,14 @@
 //! forwards to app nodes through the same [`Proxy`]. Architecture invariant: nothing
 //! here knows which tier it runs in; the tier passes a pool and [`ProxyOptions`].
 
+pub mod balance;
 mod conn;
 mod forward;
 mod pool;
 
+pub use balance::{Balance, HashOn};
 pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, PooledBody};
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };
-pub use pool::{HealthCheck, Pool, PoolTls, RiseFall, Server};
+pub use pool::{HealthCheck, NoServer, Pool, PoolOptions, PoolTls, RiseFall, Server};

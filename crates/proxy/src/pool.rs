@@ -1,12 +1,17 @@
-//! An upstream pool: its servers, round-robin choice among the healthy ones, and the
-//! active health checks (`GET /healthz`, interval, rise, fall) that decide who is healthy.
+//! An upstream pool: its servers, the choice among those that may take a request
+//! (the algorithm is [`crate::balance`]'s), and the active health checks (`GET
+//! /healthz`, interval, rise, fall) that decide who is healthy.
 //!
-//! A server is also taken out at once when a connection to it is refused (passive
-//! check); only active checks bring it back.
+//! A server is also taken out at once when a connection to it is refused, and for
+//! `eject_for` after `eject_after` consecutive failed exchanges or 5xx answers
+//! (passive checks); only active checks bring it back. A server that comes back ramps
+//! up its weight over `slow_start`. With `max_conn`, a server takes at most that many
+//! requests at once and the others wait in the pool's queue, up to `queue_timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,10 +22,80 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::balance::{Balance, Balancer, View};
 use crate::conn::UpstreamTls;
+
+/// How a pool balances and limits: HAProxy's `balance`, `weight`, `slowstart`,
+/// `maxconn`, `timeout queue` and `observe layer7` with `error-limit`.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// The balancing algorithm.
+    pub algorithm: Balance,
+    /// `hash`: no server takes more than this percentage of the average load.
+    pub hash_factor_pct: u32,
+    /// Each server's weight, by name (1 when absent).
+    pub weights: Vec<(String, u32)>,
+    /// Requests one server takes at once (0: no limit); the rest queue.
+    pub max_conn: u32,
+    /// Longest wait in the queue (503 after).
+    pub queue_timeout: Duration,
+    /// A server back in service ramps its weight up over this long.
+    pub slow_start: Duration,
+    /// Consecutive failed exchanges or 5xx answers that eject a server (0: never).
+    pub eject_after: u32,
+    /// How long an ejected server stays out, whatever its checks say.
+    pub eject_for: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> PoolOptions {
+        PoolOptions {
+            algorithm: Balance::RoundRobin,
+            hash_factor_pct: 125,
+            weights: Vec::new(),
+            max_conn: 0,
+            queue_timeout: Duration::from_secs(1),
+            slow_start: Duration::ZERO,
+            eject_after: 0,
+            eject_for: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolOptions {
+    /// The lbs' web pool as the topology's `[lb]` section and the web nodes' weights say.
+    pub fn for_lb(topo: &hastack_config::Topology) -> PoolOptions {
+        let lb = &topo.lb;
+        PoolOptions {
+            algorithm: lb.balance,
+            hash_factor_pct: lb.hash_balance_factor,
+            weights: PoolOptions::weights_of(topo, hastack_config::Role::Web),
+            max_conn: lb.max_conn_per_server,
+            queue_timeout: lb.queue_timeout,
+            slow_start: lb.slow_start,
+            eject_after: lb.eject_after,
+            eject_for: lb.eject_for,
+        }
+    }
+
+    /// Each node's weight in tier `role`.
+    pub fn weights_of(
+        topo: &hastack_config::Topology,
+        role: hastack_config::Role,
+    ) -> Vec<(String, u32)> {
+        topo.tier(role)
+            .map(|n| (n.name.clone(), n.weight))
+            .collect()
+    }
+}
+
+/// Internal weight units per configured weight unit, so that slow start can ramp even
+/// a weight of 1.
+const WEIGHT_SCALE: u32 = 16;
 
 /// Settings of the active health checks.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +133,38 @@ pub struct Server {
     /// TLS to this server (its certificate must be for its node name).
     pub(crate) tls: Option<UpstreamTls>,
     healthy: AtomicBool,
+    /// Configured weight (changed at run time by `hastack lb weight`).
+    weight: AtomicU32,
+    /// Requests in flight (until their response body ends).
+    active: AtomicU32,
+    /// When it last came back into service (slow start), and until when it is ejected.
+    since: Mutex<Since>,
+    /// Consecutive failed exchanges or 5xx answers.
+    errors: AtomicU32,
     pub(crate) requests: Counter,
     pub(crate) failures: Counter,
     up: Gauge,
+    in_flight: Gauge,
+    ejections: Counter,
+    freed: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Since {
+    up: Option<Instant>,
+    ejected_until: Option<Instant>,
+}
+
+/// A request (or relayed connection) in flight on a server; dropping it frees the slot.
+#[derive(Debug)]
+pub struct InFlight(Arc<Server>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.dec();
+        self.0.freed.notify_one();
+    }
 }
 
 impl Server {
@@ -69,9 +173,81 @@ impl Server {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Its configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// The weight the balancer uses now: 0 while ejected, ramping up during slow start.
+    fn effective_weight(&self, slow_start: Duration, now: Instant) -> u32 {
+        let w = self.weight() * WEIGHT_SCALE;
+        let since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        if since.ejected_until.is_some_and(|t| now < t) {
+            return 0;
+        }
+        match since.up {
+            Some(up) if !slow_start.is_zero() && now < up + slow_start => {
+                let part = now.saturating_duration_since(up).as_millis() as u64;
+                let ramp = u64::from(w) * part / slow_start.as_millis().max(1) as u64;
+                (ramp as u32).clamp(1, w.max(1))
+            }
+            _ => w,
+        }
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    /// Records the outcome of an exchange for passive ejection: `Some(reason)` for a
+    /// failure (a broken exchange, a 5xx). Ejects the server for `eject_for` after
+    /// `eject_after` consecutive failures.
+    pub(crate) fn observe(&self, failure: Option<&str>, opts: &PoolOptions) {
+        let Some(why) = failure else {
+            if self.errors.load(Ordering::Relaxed) != 0 {
+                self.errors.store(0, Ordering::Relaxed);
+            }
+            return;
+        };
+        let n = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        if opts.eject_after == 0 || n < opts.eject_after {
+            return;
+        }
+        self.errors.store(0, Ordering::Relaxed);
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ejected_until = Some(Instant::now() + opts.eject_for);
+        self.ejections.inc();
+        self.set_healthy(
+            false,
+            &format!(
+                "ejected for {:?} after {n} failures in a row, last: {why}",
+                opts.eject_for
+            ),
+        );
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ejected_until
+            .is_some_and(|t| now < t)
+    }
+
     fn set_healthy(&self, healthy: bool, why: &str) {
         if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
             if healthy {
+                self.since.lock().unwrap_or_else(|e| e.into_inner()).up = Some(Instant::now());
                 info!(server = %self.name, addr = %self.addr, "upstream is UP ({why})");
             } else {
                 warn!(server = %self.name, addr = %self.addr, "upstream is DOWN ({why})");
@@ -84,6 +260,11 @@ impl Server {
     pub(crate) fn mark_down(&self, why: &str) {
         self.set_healthy(false, why);
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -102,12 +283,26 @@ pub struct PoolTls {
     pub metrics: hastack_tls::TlsMetrics,
 }
 
-/// A set of servers behind one name, with round-robin choice.
+/// A set of servers behind one name, balanced as its options say.
 #[derive(Debug)]
 pub struct Pool {
     name: String,
     servers: Vec<Arc<Server>>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    opts: PoolOptions,
+    /// Wakes requests waiting in the queue when a slot frees.
+    freed: Arc<Notify>,
+    queued: Gauge,
+    queue_timeouts: Counter,
+}
+
+/// Why no server was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// None is healthy (or all were tried).
+    Down,
+    /// All are at their connection limit and the queue wait ran out.
+    QueueFull,
 }
 
 impl Pool {
@@ -118,6 +313,17 @@ impl Pool {
         name: &str,
         servers: &[(String, SocketAddr)],
         tls: Option<PoolTls>,
+        registry: &mut Registry,
+    ) -> Arc<Pool> {
+        Pool::with_options(name, servers, tls, PoolOptions::default(), registry)
+    }
+
+    /// Like [`Pool::new`], balanced and limited as `opts` say.
+    pub fn with_options(
+        name: &str,
+        servers: &[(String, SocketAddr)],
+        tls: Option<PoolTls>,
+        opts: PoolOptions,
         registry: &mut Registry,
     ) -> Arc<Pool> {
         let requests = Family::<ServerLabels, Counter>::default();
@@ -138,6 +344,37 @@ impl Pool {
             "1 when the upstream server gets traffic",
             up.clone(),
         );
+        let in_flight = Family::<ServerLabels, Gauge>::default();
+        registry.register(
+            "hastack_upstream_in_flight",
+            "Requests in flight on an upstream server",
+            in_flight.clone(),
+        );
+        let ejections = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "hastack_upstream_ejections",
+            "Times an upstream server was ejected after consecutive failures",
+            ejections.clone(),
+        );
+        let queued = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "hastack_pool_queued",
+            "Requests waiting for a server under its connection limit",
+            queued.clone(),
+        );
+        let queue_timeouts = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "hastack_pool_queue_timeouts",
+            "Requests that waited in the queue too long (503)",
+            queue_timeouts.clone(),
+        );
+        let freed = Arc::new(Notify::new());
+        let weight_of = |n: &str| {
+            opts.weights
+                .iter()
+                .find(|(w, _)| w == n)
+                .map_or(1, |(_, w)| *w)
+        };
         let servers = servers
             .iter()
             .filter_map(|(n, addr)| {
@@ -161,19 +398,43 @@ impl Pool {
                     conns: Arc::default(),
                     tls,
                     healthy: AtomicBool::new(true),
+                    weight: AtomicU32::new(weight_of(n)),
+                    active: AtomicU32::new(0),
+                    since: Mutex::default(),
+                    errors: AtomicU32::new(0),
                     requests: requests.get_or_create(&labels).clone(),
                     failures: failures.get_or_create(&labels).clone(),
                     up: up.get_or_create(&labels).clone(),
+                    in_flight: in_flight.get_or_create(&labels).clone(),
+                    ejections: ejections.get_or_create(&labels).clone(),
+                    freed: freed.clone(),
                 };
                 s.up.set(1);
                 Some(Arc::new(s))
             })
+            .collect::<Vec<Arc<Server>>>();
+        let named: Vec<(&str, u32)> = servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight()))
             .collect();
+        let balancer = Balancer::new(opts.algorithm, &named, opts.hash_factor_pct);
+        let pool_labels = PoolLabels {
+            pool: name.to_string(),
+        };
         Arc::new(Pool {
             name: name.to_string(),
+            balancer,
             servers,
-            next: AtomicUsize::new(0),
+            queued: queued.get_or_create(&pool_labels).clone(),
+            queue_timeouts: queue_timeouts.get_or_create(&pool_labels).clone(),
+            opts,
+            freed,
         })
+    }
+
+    /// The pool's options.
+    pub fn options(&self) -> &PoolOptions {
+        &self.opts
     }
 
     /// The pool's name.
@@ -194,18 +455,82 @@ impl Pool {
             .collect()
     }
 
-    /// The next healthy server in round-robin order, skipping `exclude` (servers that
-    /// already failed this request).
-    pub fn pick(&self, exclude: &[usize]) -> Option<(usize, &Arc<Server>)> {
-        let n = self.servers.len();
-        if n == 0 {
-            return None;
+    /// A server for a request with hash `key` (see [`crate::balance`]), skipping
+    /// `exclude` (servers that already failed this request) and servers at their
+    /// connection limit; `None` when no server may take it now.
+    pub fn pick(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Arc<Server>)> {
+        let now = Instant::now();
+        let slow_start = self.opts.slow_start;
+        let max_conn = self.opts.max_conn;
+        let i = self.balancer.choose(
+            self.servers.len(),
+            |i| {
+                let s = &self.servers[i];
+                let active = s.active();
+                View {
+                    weight: s.effective_weight(slow_start, now),
+                    active,
+                    usable: s.is_healthy()
+                        && !exclude.contains(&i)
+                        && (max_conn == 0 || active < max_conn),
+                }
+            },
+            key,
+            rand::random(),
+        )?;
+        Some((i, &self.servers[i]))
+    }
+
+    /// The server called `name`, if it may take a request now (sticky sessions).
+    pub fn pick_named(&self, name: &str) -> Option<(usize, &Arc<Server>)> {
+        let now = Instant::now();
+        let (i, s) = self
+            .servers
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)?;
+        let open = s.is_healthy()
+            && s.effective_weight(Duration::ZERO, now) > 0
+            && (self.opts.max_conn == 0 || s.active() < self.opts.max_conn);
+        open.then_some((i, s))
+    }
+
+    /// Like [`Pool::pick`], but when every server that may take the request is at its
+    /// connection limit, waits in the queue for a slot, up to the queue timeout.
+    pub async fn pick_queued(
+        &self,
+        key: u64,
+        exclude: &[usize],
+    ) -> Result<(usize, &Arc<Server>), NoServer> {
+        if let Some(p) = self.pick(key, exclude) {
+            return Ok(p);
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|i| !exclude.contains(i) && self.servers[*i].is_healthy())
-            .map(|i| (i, &self.servers[i]))
+        let limited = self.opts.max_conn > 0
+            && self
+                .servers
+                .iter()
+                .enumerate()
+                .any(|(i, s)| s.is_healthy() && !exclude.contains(&i));
+        if !limited {
+            return Err(NoServer::Down);
+        }
+        self.queued.inc();
+        let deadline = Instant::now() + self.opts.queue_timeout;
+        let outcome = loop {
+            let freed = self.freed.notified();
+            if let Some(p) = self.pick(key, exclude) {
+                break Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                // One last look: a slot may have freed as the clock ran out.
+                break self.pick(key, exclude).ok_or(NoServer::QueueFull);
+            }
+        };
+        self.queued.dec();
+        if outcome.is_err() {
+            self.queue_timeouts.inc();
+        }
+        outcome
     }
 
     /// Runs the active health checks of every server until `shutdown`: `GET /healthz`
@@ -250,7 +575,8 @@ impl Pool {
                     if !server.is_healthy() && tracker.healthy {
                         tracker = RiseFall::new(check.rise, check.fall, false);
                     }
-                    let ok = outcome.is_ok();
+                    // An ejected server stays out for its back-off, whatever checks say.
+                    let ok = outcome.is_ok() && !server.ejected(Instant::now());
                     if let Some(now_healthy) = tracker.observe(ok) {
                         let why = match &outcome {
                             Ok(()) => format!("{} checks passed", check.rise),
@@ -400,7 +726,7 @@ mod tests {
     #[test]
     fn round_robin_visits_every_server_in_turn() {
         let p = pool(3);
-        let picks: Vec<_> = (0..6).map(|_| p.pick(&[]).map(|(i, _)| i)).collect();
+        let picks: Vec<_> = (0..6).map(|_| p.pick(0, &[]).map(|(i, _)| i)).collect();
         assert_eq!(
             picks,
             [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
@@ -412,14 +738,14 @@ mod tests {
         let p = pool(3);
         p.servers()[1].mark_down("test");
         for _ in 0..10 {
-            let (i, _) = p.pick(&[]).expect("a server");
+            let (i, _) = p.pick(0, &[]).expect("a server");
             assert_ne!(i, 1);
         }
         for _ in 0..10 {
-            assert_eq!(p.pick(&[0]).map(|(i, _)| i), Some(2));
+            assert_eq!(p.pick(0, &[0]).map(|(i, _)| i), Some(2));
         }
-        assert!(p.pick(&[0, 2]).is_none());
-        assert!(pool(0).pick(&[]).is_none());
+        assert!(p.pick(0, &[0, 2]).is_none());
+        assert!(pool(0).pick(0, &[]).is_none());
     }
 
     #[test]

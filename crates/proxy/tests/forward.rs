@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use hastack_proxy::{Pool, Proxy, ProxyOptions};
+use hastack_proxy::{Balance, Pool, PoolOptions, Proxy, ProxyOptions};
 
 /// What a backend saw of the last request.
 #[derive(Default)]
@@ -94,10 +94,19 @@ async fn front_with(
     servers: &[(&str, SocketAddr)],
     tune: impl FnOnce(&mut ProxyOptions),
 ) -> (SocketAddr, Arc<Proxy>) {
+    front_pool(servers, PoolOptions::default(), tune).await
+}
+
+/// A proxy called `front` over a pool with `pool_opts`.
+async fn front_pool(
+    servers: &[(&str, SocketAddr)],
+    pool_opts: PoolOptions,
+    tune: impl FnOnce(&mut ProxyOptions),
+) -> (SocketAddr, Arc<Proxy>) {
     let servers: Vec<(String, SocketAddr)> =
         servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
     let mut registry = Registry::default();
-    let pool = Pool::new("t", &servers, None, &mut registry);
+    let pool = Pool::with_options("t", &servers, None, pool_opts, &mut registry);
     let mut opts = ProxyOptions::new("front");
     opts.response_timeout = Duration::from_secs(5);
     tune(&mut opts);
@@ -267,15 +276,19 @@ async fn a_refused_connection_moves_any_request_to_the_next_server() {
 async fn a_broken_exchange_repeats_a_get_but_never_a_post() {
     let (hangup, hung) = hangup_backend().await;
     let (b, seen) = backend("b2").await;
-    let (front, _) = front(&[("hangup", hangup), ("b2", b)], 1 << 20).await;
-    // Round robin sends the GET to the server that hangs up; being idempotent, it is
-    // sent again to the next server.
+    // `first`: every request goes to the server that hangs up first.
+    let first = PoolOptions {
+        algorithm: Balance::First,
+        ..Default::default()
+    };
+    let (front, _) = front_pool(&[("hangup", hangup), ("b2", b)], first, |_| {}).await;
+    // The GET fails on the server that hangs up; being idempotent, it is sent again
+    // to the next server.
     let r = request(front, &get("/")).await;
     assert_eq!((r.status, r.body.as_str()), (200, "b2"));
     assert_eq!(hung.load(Ordering::SeqCst), 1);
     assert_eq!(seen.count.load(Ordering::SeqCst), 1);
-    // The POST lands on the hang-up server too (round robin moved on by two); it may
-    // have been processed there, so the client gets a 502 and b2 never sees it.
+    // The POST lands on the hang-up server too; it may have been processed there, so the client gets a 502 and b2 never sees it.
     let r = request(front, &post(r#"{"author":"a","body":"b"}"#)).await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.body.contains("\"error\""), "{}", r.body);

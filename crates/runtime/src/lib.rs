@@ -10,6 +10,7 @@
 //! registry.
 
 pub mod child;
+pub mod conn_limits;
 pub mod front_door;
 pub mod proxy_protocol;
 pub mod secrets;
@@ -125,6 +126,8 @@ pub struct Serving {
     pub proxied: bool,
     /// The strict front door of HTTP/1.1 ([`front_door`]): limits and counters.
     pub door: Arc<front_door::FrontDoor>,
+    /// Open-connection limits in all and per client ([`conn_limits`]).
+    pub limits: Option<Arc<conn_limits::ConnLimits>>,
 }
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
@@ -195,12 +198,21 @@ async fn serve_inner<F, Fut, B>(
         .keep_alive_timeout(Duration::from_secs(10));
     let (h1, h2) = (Arc::new(h1), Arc::new(h2));
     let serve = |mut stream: tokio::net::TcpStream, mut peer: SocketAddr| {
+        let admitted = match serving.limits.as_ref().map(|l| l.admit(peer.ip())) {
+            Some(Err(reason)) => {
+                debug!(%peer, reason, "connection over a limit closed");
+                return;
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let watcher = graceful.watcher();
         let (h1, h2) = (h1.clone(), h2.clone());
         let (tls, proxied, door) = (serving.tls.clone(), serving.proxied, serving.door.clone());
         tokio::spawn(async move {
+            let _admitted = admitted;
             if proxied {
                 match proxy_protocol::read(&mut stream, PROXY_HEADER_TIMEOUT).await {
                     Ok(Some(client)) => peer = client,

@@ -139,7 +139,17 @@ pub async fn run(
     if let Some(t) = &tls {
         t.spawn_reloader(shutdown.clone());
     }
-    let pool = Pool::new("app", &topo.endpoints(Role::App), pool_tls, &mut registry);
+    let opts = hastack_proxy::PoolOptions {
+        weights: hastack_proxy::PoolOptions::weights_of(topo, Role::App),
+        ..Default::default()
+    };
+    let pool = Pool::with_options(
+        "app",
+        &topo.endpoints(Role::App),
+        pool_tls,
+        opts,
+        &mut registry,
+    );
     let mut opts = ProxyOptions::new(name);
     opts.trust_forwarded_proto = true;
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
@@ -191,6 +201,7 @@ pub async fn run(
             tls: Some(acceptor),
             proxied: true,
             door: door.clone(),
+            limits: None,
         };
         tokio::spawn(hastack_runtime::serve_with(
             listener,
@@ -206,6 +217,7 @@ pub async fn run(
         tls: internal,
         proxied: false,
         door,
+        limits: None,
     };
     hastack_runtime::serve_with(
         listener,
