@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
-use crate::balance::{HashOn, hash};
+use crate::balance::{Balance, HashOn, hash};
 use crate::conn::PooledBody;
 use crate::pool::{NoServer, Pool};
 
@@ -272,7 +272,10 @@ impl Proxy {
             }
         };
         let mut headers = parts.headers;
-        let key = self.hash_key(&headers, &parts.uri, peer);
+        let key = match self.pool.options().algorithm {
+            Balance::Hash => self.hash_key(&headers, &parts.uri, peer),
+            _ => 0,
+        };
         // The sticky cookie names the client's server; it is this proxy's business
         // and does not go upstream.
         let sticky = self

@@ -183,15 +183,17 @@ impl Server {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// The weight the balancer uses now: 0 while ejected, ramping up during slow start.
-    fn effective_weight(&self, slow_start: Duration, now: Instant) -> u32 {
+    /// The weight the balancer uses: ramping up during `slow_start` after the server
+    /// came back, when the pool has one (`now` is given only then). An ejected server
+    /// is unhealthy, so it needs no weight of its own here.
+    fn effective_weight(&self, slow_start: Duration, now: Option<Instant>) -> u32 {
         let w = self.weight() * WEIGHT_SCALE;
-        let since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-        if since.ejected_until.is_some_and(|t| now < t) {
-            return 0;
-        }
-        match since.up {
-            Some(up) if !slow_start.is_zero() && now < up + slow_start => {
+        let Some(now) = now else {
+            return w;
+        };
+        let up = self.since.lock().unwrap_or_else(|e| e.into_inner()).up;
+        match up {
+            Some(up) if now < up + slow_start => {
                 let part = now.saturating_duration_since(up).as_millis() as u64;
                 let ramp = u64::from(w) * part / slow_start.as_millis().max(1) as u64;
                 (ramp as u32).clamp(1, w.max(1))
@@ -459,8 +461,13 @@ impl Pool {
     /// `exclude` (servers that already failed this request) and servers at their
     /// connection limit; `None` when no server may take it now.
     pub fn pick(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Arc<Server>)> {
-        let now = Instant::now();
         let slow_start = self.opts.slow_start;
+        // The clock and the random draw only for the settings that use them.
+        let now = (!slow_start.is_zero()).then(Instant::now);
+        let random = match self.balancer.algorithm() {
+            Balance::Random => rand::random(),
+            _ => 0,
+        };
         let max_conn = self.opts.max_conn;
         let i = self.balancer.choose(
             self.servers.len(),
@@ -476,21 +483,20 @@ impl Pool {
                 }
             },
             key,
-            rand::random(),
+            random,
         )?;
         Some((i, &self.servers[i]))
     }
 
     /// The server called `name`, if it may take a request now (sticky sessions).
     pub fn pick_named(&self, name: &str) -> Option<(usize, &Arc<Server>)> {
-        let now = Instant::now();
         let (i, s) = self
             .servers
             .iter()
             .enumerate()
             .find(|(_, s)| s.name == name)?;
         let open = s.is_healthy()
-            && s.effective_weight(Duration::ZERO, now) > 0
+            && s.weight() > 0
             && (self.opts.max_conn == 0 || s.active() < self.opts.max_conn);
         open.then_some((i, s))
     }

@@ -158,20 +158,6 @@ pub async fn serve_with<F, Fut, B>(
     listener: TcpListener,
     serving: Serving,
     handler: F,
-    shutdown: watch::Receiver<bool>,
-) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_inner(listener, serving, handler, shutdown).await
-}
-
-async fn serve_inner<F, Fut, B>(
-    listener: TcpListener,
-    serving: Serving,
-    handler: F,
     mut shutdown: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,

@@ -4,7 +4,7 @@
 //!
 //! When a request must be refused, the parser gets in its place a small request of our
 //! own (`GET / HTTP/1.1`, `Host: refused.invalid`) and then nothing more: the service
-//! recognises it by its index on the connection ([`ConnGuard::refusal_for`]) and answers
+//! recognises it by its index on the connection ([`ConnGuard::refusal_for_next`]) and answers
 //! the refusal with `Connection: close`. Nothing of a refused request reaches a handler,
 //! and the answer goes out in order, after those to the requests before it.
 //!
@@ -12,7 +12,8 @@
 //! 408 the same way (slowloris).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,30 +28,25 @@ const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nHost: refused.invalid\r\n\r\n";
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// What a connection's reader and its service share: the refusal, once there is one.
+/// What a connection's reader and its service share: the refused request, once there
+/// is one (at most one: nothing is read after it).
 #[derive(Debug, Default)]
 pub struct ConnGuard {
-    refusal: Mutex<Option<(u64, Refusal)>>,
+    /// The refused request's index on the connection, and why.
+    refusal: OnceLock<(u64, Refusal)>,
     /// Requests the service has seen on this connection.
-    seen: std::sync::atomic::AtomicU64,
+    seen: AtomicU64,
 }
 
 impl ConnGuard {
     /// Called by the service for each request in order: the refusal to answer instead
     /// of handling it, when this is the stand-in for a refused request.
     pub fn refusal_for_next(&self) -> Option<Refusal> {
-        let index = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.refusal_for(index)
-    }
-
-    /// The refusal of request `index` of this connection, if it was refused.
-    pub fn refusal_for(&self, index: u64) -> Option<Refusal> {
-        let slot = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
-        slot.filter(|(i, _)| *i == index).map(|(_, r)| r)
-    }
-
-    fn refuse(&self, index: u64, r: Refusal) {
-        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some((index, r));
+        let index = self.seen.fetch_add(1, Ordering::Relaxed);
+        self.refusal
+            .get()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, r)| *r)
     }
 }
 
@@ -115,13 +111,11 @@ impl<IO> Guarded<IO> {
         self.deadline = None;
         (self.on_refuse)(r);
         if self.scanner.in_head() {
-            self.guard.refuse(self.scanner.requests(), r);
+            let _ = self.guard.refusal.set((self.scanner.requests(), r));
             self.phase = Phase::StandIn(STAND_IN);
         } else {
             // The body of a request already handed on is malformed: its reader gets
             // an error, and the connection ends.
-            self.guard
-                .refuse(self.scanner.requests().saturating_sub(1), r);
             self.phase = Phase::Broken(r);
         }
     }

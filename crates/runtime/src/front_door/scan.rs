@@ -171,6 +171,30 @@ pub struct Scanner {
     state: State,
     /// Requests whose head has been passed on.
     requests: u64,
+    /// How far the lines of an incomplete head have been checked, so that a head
+    /// arriving in many small pieces is scanned once, not once per piece.
+    progress: HeadProgress,
+}
+
+/// The lines of the current head checked so far.
+#[derive(Debug, Clone, Copy)]
+struct HeadProgress {
+    /// Where the first unchecked line starts.
+    start: usize,
+    /// Header lines seen.
+    lines: usize,
+    /// Still before the request line.
+    first: bool,
+}
+
+impl Default for HeadProgress {
+    fn default() -> HeadProgress {
+        HeadProgress {
+            start: 0,
+            lines: 0,
+            first: true,
+        }
+    }
 }
 
 impl Scanner {
@@ -183,6 +207,7 @@ impl Scanner {
             },
             state: State::Head,
             requests: 0,
+            progress: HeadProgress::default(),
         }
     }
 
@@ -265,11 +290,14 @@ impl Scanner {
     }
 
     fn head(&mut self, buf: &[u8]) -> Step {
-        // Line lengths first: a huge line is refused before the head is complete.
-        let mut start = 0;
-        let mut lines = 0usize;
+        // Line lengths first: a huge line is refused before the head is complete. The
+        // lines checked by earlier calls are not checked again.
+        let HeadProgress {
+            mut start,
+            mut lines,
+            mut first,
+        } = std::mem::take(&mut self.progress);
         let mut end = None;
-        let mut first = true;
         while start < buf.len() {
             let Some(nl) = memchr(b'\n', &buf[start..]) else {
                 let partial = buf.len() - start;
@@ -301,6 +329,11 @@ impl Scanner {
             start += nl + 1;
         }
         let Some(end) = end else {
+            self.progress = HeadProgress {
+                start,
+                lines,
+                first,
+            };
             return Step::Need;
         };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
