@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Options, Stack, alive, eventually, http};
+use common::{Options, Stack, alive, eventually, host_of, http};
 
 fn served_by(stack: &Stack) -> Option<String> {
     let r = stack.get("/api/posts").ok()?;
@@ -238,12 +238,22 @@ fn the_lb_limits_each_clients_rate_and_connections() {
     let stack = Stack::up_edited(Options { sqlite: true }, |t| {
         format!("{t}\n[lb]\nrate_limit = 5\nmax_conn_per_client = 3\n")
     });
-    eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let path = eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let master = path.split(',').next().unwrap_or("lb1").trim().to_string();
+    let admin = std::net::SocketAddr::from((stack.addr(host_of(&master)), stack.admin_port));
+    let open_on_vip = || {
+        let m = http(admin, "GET", "/metrics", &[], "").ok()?.body;
+        m.lines()
+            .find_map(|l| l.strip_prefix("hastack_connections_open "))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
     // Three idle connections are this client's share; a fourth is closed at once.
     let held: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(stack.vip()).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("the lb to hold the three", Duration::from_secs(5), || {
+        (open_on_vip()? == 3).then_some(())
+    });
     let mut fourth = std::net::TcpStream::connect(stack.vip()).expect("connect");
     fourth
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -253,9 +263,14 @@ fn the_lb_limits_each_clients_rate_and_connections() {
     let n = std::io::Read::read(&mut fourth, &mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the fourth connection is closed unanswered");
     drop(held);
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("the lb to see them close", Duration::from_secs(5), || {
+        (open_on_vip()? == 0).then_some(())
+    });
     // 5 requests per second, 5 at once: of 30 sent as fast as they go, at most
     // 5 + 5 per second taken pass; the others get 429 with Retry-After.
+    // The requests above took tokens; a quiet second fills the bucket again (the
+    // refill is the mechanism under test, so here time is the event to wait for).
+    std::thread::sleep(Duration::from_secs(1));
     let mut limited = Vec::new();
     let started = Instant::now();
     for _ in 0..30 {

@@ -54,7 +54,7 @@ async fn front(
     servers: &[(&str, SocketAddr)],
     opts: PoolOptions,
     tune: impl FnOnce(&mut ProxyOptions),
-) -> SocketAddr {
+) -> (SocketAddr, Arc<Proxy>) {
     let servers: Vec<(String, SocketAddr)> =
         servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
     let mut registry = Registry::default();
@@ -62,6 +62,7 @@ async fn front(
     let mut o = ProxyOptions::new("front");
     tune(&mut o);
     let proxy = Proxy::new(o, pool, &mut registry);
+    let serving = proxy.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = watch::channel(false);
@@ -70,14 +71,34 @@ async fn front(
         hastack_runtime::serve_http1(
             listener,
             move |req, peer| {
-                let p = proxy.clone();
+                let p = serving.clone();
                 async move { p.forward(req, peer).await }
             },
             rx,
         )
         .await;
     });
-    addr
+    (addr, proxy)
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after 5 s.
+async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a request is in flight on one of the proxy's servers.
+async fn until_in_flight(proxy: &Proxy) {
+    until("a request in flight", async || {
+        proxy.pool().servers().iter().any(|s| s.active() > 0)
+    })
+    .await;
 }
 
 struct Got {
@@ -121,9 +142,9 @@ async fn leastconn_sends_to_the_idle_server() {
         algorithm: Balance::LeastConn,
         ..Default::default()
     };
-    let addr = front(&[("a", a), ("b", b)], opts, |_| {}).await;
+    let (addr, proxy) = front(&[("a", a), ("b", b)], opts, |_| {}).await;
     let slow = tokio::spawn(async move { get(addr, "/slow", None).await.body });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_in_flight(&proxy).await;
     // While one server holds the slow request, every other goes to the idle one.
     let mut bodies = Vec::new();
     for _ in 0..4 {
@@ -144,7 +165,7 @@ async fn roundrobin_follows_the_weights() {
         weights: vec![("a".into(), 3), ("b".into(), 1)],
         ..Default::default()
     };
-    let addr = front(&[("a", a), ("b", b)], opts, |_| {}).await;
+    let (addr, _) = front(&[("a", a), ("b", b)], opts, |_| {}).await;
     let mut on_a = 0;
     for _ in 0..8 {
         if get(addr, "/", None).await.body == "a" {
@@ -162,9 +183,9 @@ async fn a_server_at_its_limit_queues_then_503s() {
         queue_timeout: Duration::from_millis(200),
         ..Default::default()
     };
-    let addr = front(&[("a", a)], short, |_| {}).await;
+    let (addr, proxy) = front(&[("a", a)], short, |_| {}).await;
     let slow = tokio::spawn(async move { get(addr, "/slow", None).await.status });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_in_flight(&proxy).await;
     let queued = get(addr, "/", None).await;
     assert_eq!(queued.status, 503, "{}", queued.body);
     assert!(queued.body.contains("busy"), "{}", queued.body);
@@ -177,9 +198,9 @@ async fn a_server_at_its_limit_queues_then_503s() {
         queue_timeout: Duration::from_secs(5),
         ..Default::default()
     };
-    let addr = front(&[("a", a)], long, |_| {}).await;
+    let (addr, proxy) = front(&[("a", a)], long, |_| {}).await;
     let slow = tokio::spawn(async move { get(addr, "/slow", None).await.status });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_in_flight(&proxy).await;
     let started = std::time::Instant::now();
     assert_eq!(get(addr, "/", None).await.status, 200);
     assert!(
@@ -194,7 +215,7 @@ async fn a_server_at_its_limit_queues_then_503s() {
 async fn a_cookie_pins_a_client_and_moves_it_when_its_server_dies() {
     let (a, seen_a, ka) = backend("a", 200).await;
     let (b, seen_b, kb) = backend("b", 200).await;
-    let addr = front(&[("a", a), ("b", b)], PoolOptions::default(), |o| {
+    let (addr, _) = front(&[("a", a), ("b", b)], PoolOptions::default(), |o| {
         o.sticky_cookie = Some("SERVERID".into());
     })
     .await;
@@ -224,9 +245,17 @@ async fn a_cookie_pins_a_client_and_moves_it_when_its_server_dies() {
         .collect();
     assert!(seen.iter().all(|c| c == "theme=dark"), "{seen:?}");
     // Its server dies: the client moves, and the cookie is rewritten.
-    let mut running = vec![("a", ka), ("b", kb)];
-    running.retain(|(n, _)| *n != home);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut running = vec![("a", ka, a), ("b", kb, b)];
+    let home_addr = running
+        .iter()
+        .find(|(n, ..)| *n == home)
+        .map(|(.., addr)| *addr)
+        .expect("home");
+    running.retain(|(n, ..)| *n != home);
+    until("the home server to stop listening", async || {
+        TcpStream::connect(home_addr).await.is_err()
+    })
+    .await;
     let moved = get(addr, "/", Some(&cookie)).await;
     assert_eq!(moved.status, 200);
     assert_ne!(moved.body, home, "moved off the dead server");
@@ -249,7 +278,7 @@ async fn consecutive_5xx_eject_a_server() {
         eject_for: Duration::from_secs(30),
         ..Default::default()
     };
-    let addr = front(&[("bad", bad), ("good", good)], opts, |_| {}).await;
+    let (addr, _) = front(&[("bad", bad), ("good", good)], opts, |_| {}).await;
     let mut errors = 0;
     for _ in 0..12 {
         if get(addr, "/", None).await.status == 500 {
