@@ -67,12 +67,24 @@ async fn out_of_descriptors_answers_503_and_keeps_the_server() {
 
     // The client's connection is accepted first; then the process's descriptors run
     // out, so the proxy's next connection to the backend is what fails.
+    let listening = sockets_open();
     let mut client = tokio::net::TcpStream::connect(front_addr)
         .await
         .expect("connect");
     let first = exchange(&mut client, "/").await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    tokio::time::sleep(Duration::from_millis(50)).await; // the backend's close lands
+    // The first exchange's upstream connection closes on both ends (the backend said
+    // `connection: close`); until it has, its descriptors could free up under the hog
+    // below and let the proxy's next connect through. What stays: the sockets open
+    // before (the listeners, the runtime's own) and the client's connection, both ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sockets_open() > listening + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
     let open = std::fs::read_dir("/proc/self/fd").expect("/proc").count() as u64;
@@ -102,4 +114,13 @@ async fn out_of_descriptors_answers_503_and_keeps_the_server() {
     // With descriptors back, the same server serves again.
     let third = exchange(&mut client, "/").await;
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+}
+
+/// The sockets this process has open.
+fn sockets_open() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
 }
