@@ -198,6 +198,8 @@ pub struct VrrpSettings {
 /// Active health checks of an upstream pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthSettings {
+    /// What a check does.
+    pub check: CheckKind,
     /// Time between two checks of one server.
     pub interval: Duration,
     /// A check that takes longer has failed.
@@ -206,6 +208,17 @@ pub struct HealthSettings {
     pub rise: u32,
     /// Consecutive failures that take a server out.
     pub fall: u32,
+}
+
+/// What a health check does (`[health] check`): HAProxy's `option httpchk` or a plain
+/// `check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// `GET /healthz` on a kept-alive connection; a 2xx answer passes.
+    Http,
+    /// A TCP connection (with its TLS handshake, when the pool speaks TLS) that opens
+    /// passes.
+    Tcp,
 }
 
 /// How the lbs choose a web node (HAProxy's `balance`).
@@ -221,6 +234,19 @@ pub enum Balance {
     First,
     /// Consistent hashing of [`LbSettings::hash_key`] with bounded loads.
     Hash,
+}
+
+impl Balance {
+    /// The name `[lb] balance` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "roundrobin",
+            Balance::LeastConn => "leastconn",
+            Balance::Random => "random",
+            Balance::First => "first",
+            Balance::Hash => "hash",
+        }
+    }
 }
 
 /// What `balance = "hash"` hashes.

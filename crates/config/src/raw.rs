@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    Balance, CertFiles, ConfigError, ConfigErrors, DbSettings, Durability, HashOn, HealthSettings,
-    HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet, TlsMode, TlsSettings, Topology,
-    VrrpSettings, WebSettings, line_col,
+    Balance, CertFiles, CheckKind, ConfigError, ConfigErrors, DbSettings, Durability, HashOn,
+    HealthSettings, HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet, TlsMode,
+    TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -61,7 +61,8 @@ hsts = false               # send Strict-Transport-Security over HTTPS (producti
 # key = "site.key"         # to this file
 
 [health]
-interval_ms = 200
+check = "http"             # "http": GET /healthz answers 2xx; "tcp": a connection opens
+interval_ms = 200          # while a server's state is changing, checks come 4 times as often
 timeout_ms = 500
 rise = 2
 fall = 2
@@ -272,6 +273,7 @@ impl Default for RawVrrp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHealth {
+    check: Spanned<String>,
     interval_ms: Spanned<u64>,
     timeout_ms: Spanned<u64>,
     rise: Spanned<u32>,
@@ -281,6 +283,7 @@ struct RawHealth {
 impl Default for RawHealth {
     fn default() -> Self {
         RawHealth {
+            check: Spanned::new(0..0, "http".to_string()),
             interval_ms: Spanned::new(0..0, 200),
             timeout_ms: Spanned::new(0..0, 500),
             rise: Spanned::new(0..0, 2),
@@ -784,6 +787,18 @@ pub(crate) fn validate(
     c.positive(&h.timeout_ms, "health.timeout_ms");
     c.positive(&h.rise, "health.rise");
     c.positive(&h.fall, "health.fall");
+    let check = match h.check.get_ref().as_str() {
+        "http" => CheckKind::Http,
+        "tcp" => CheckKind::Tcp,
+        other => {
+            c.error(
+                &h.check,
+                format!("health.check is \"{other}\", which is not a kind of check hastack knows"),
+                "use \"http\" (GET /healthz must answer 2xx) or \"tcp\" (a connection must open)",
+            );
+            CheckKind::Http
+        }
+    };
 
     let lb = lb_settings(&raw.lb, &mut c);
     let hp = &raw.http;
@@ -1083,6 +1098,7 @@ pub(crate) fn validate(
             authenticate: raw.vrrp.authenticate,
         },
         health: HealthSettings {
+            check,
             interval: Duration::from_millis(*h.interval_ms.get_ref()),
             timeout: Duration::from_millis(*h.timeout_ms.get_ref()),
             rise: *h.rise.get_ref(),

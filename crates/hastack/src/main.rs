@@ -14,6 +14,7 @@ mod control;
 mod drill;
 mod drill_lb;
 mod http_get;
+mod lb_ctl;
 mod netns;
 mod node;
 mod supervisor;
@@ -152,6 +153,19 @@ enum Cmd {
         #[command(subcommand)]
         op: DbOp,
     },
+    /// Runtime control of the load balancers: see and change how they use the web nodes,
+    /// without a reload.
+    Lb {
+        #[command(subcommand)]
+        op: LbOp,
+    },
+    /// Make the running lb nodes read the topology file again and apply what changed
+    /// (web nodes, weights, [lb] and [http] settings) without dropping a connection;
+    /// the same as SIGHUP to each lb node.
+    Reload {
+        #[command(flatten)]
+        target: LbTarget,
+    },
     /// Inject a failure into the running stack under traffic and report what users saw.
     Drill {
         #[command(subcommand)]
@@ -175,6 +189,58 @@ enum PkiOp {
         /// Re-issue every certificate, due or not.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// Which lb nodes a command goes to.
+#[derive(clap::Args, Clone)]
+struct LbTarget {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only this lb node (default: every lb node of the topology).
+    #[arg(long, value_name = "NODE")]
+    lb: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum LbOp {
+    /// Show the web nodes as each lb sees them: health, state, weight, requests in flight.
+    Show {
+        #[command(flatten)]
+        target: LbTarget,
+    },
+    /// Send no new clients to SERVER; clients stuck to it by the sticky cookie stay.
+    Drain {
+        /// The web node.
+        server: String,
+        #[command(flatten)]
+        target: LbTarget,
+    },
+    /// Take SERVER out of service entirely (maintenance).
+    Maint {
+        /// The web node.
+        server: String,
+        #[command(flatten)]
+        target: LbTarget,
+    },
+    /// Put SERVER back in service after drain or maint.
+    Ready {
+        /// The web node.
+        server: String,
+        #[command(flatten)]
+        target: LbTarget,
+    },
+    /// Give SERVER a new weight (0..=256) until the next reload.
+    Weight {
+        /// The web node.
+        server: String,
+        /// The new weight.
+        weight: u32,
+        #[command(flatten)]
+        target: LbTarget,
     },
 }
 
@@ -220,6 +286,11 @@ enum Drill {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Sends `cmd` to the lb nodes `target` names.
+fn lb_command(target: &LbTarget, cmd: hastack_lb::control::Command) -> anyhow::Result<ExitCode> {
+    lb_ctl::run(&target.config, target.lb.as_deref(), cmd, target.json)
 }
 
 /// Loads the topology named by `--config`, or the built-in one — as the running stack
@@ -353,6 +424,25 @@ fn main() -> ExitCode {
         Cmd::Pki {
             op: PkiOp::Renew { config, force },
         } => pki(&config, force),
+        Cmd::Reload { target } => lb_command(&target, hastack_lb::control::Command::Reload),
+        Cmd::Lb { op } => {
+            use hastack_lb::control::Command as C;
+            let state = |server: String, state: &str| C::State {
+                server,
+                state: state.to_string(),
+            };
+            match op {
+                LbOp::Show { target } => lb_command(&target, C::Show),
+                LbOp::Drain { server, target } => lb_command(&target, state(server, "drain")),
+                LbOp::Maint { server, target } => lb_command(&target, state(server, "maint")),
+                LbOp::Ready { server, target } => lb_command(&target, state(server, "ready")),
+                LbOp::Weight {
+                    server,
+                    weight,
+                    target,
+                } => lb_command(&target, C::Weight { server, weight }),
+            }
+        }
         Cmd::Drill {
             drill:
                 Drill::LbFailover {

@@ -41,12 +41,24 @@ pub(crate) fn main(
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    let mut topo = crate::load(&crate::ConfigArg {
-        config: config.clone(),
-    })?;
-    if isolated {
-        topo = topo.isolated().map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    // Reads the topology as this node sees it; again on a reload.
+    let load = {
+        let config = config.clone();
+        let state_dir = state_dir.clone();
+        move || -> anyhow::Result<hastack_config::Topology> {
+            let mut topo = crate::load(&crate::ConfigArg {
+                config: config.clone(),
+            })?;
+            if isolated {
+                topo = topo.isolated().map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            if let Some(dir) = &state_dir {
+                topo.state_dir = dir.clone();
+            }
+            Ok(topo)
+        }
+    };
+    let mut topo = load()?;
     let node = topo
         .node(name)
         .with_context(|| format!("no node `{name}` in {}", topo.source.display()))?
@@ -80,9 +92,34 @@ pub(crate) fn main(
         let (tx, rx) = watch::channel(false);
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // SIGHUP: the lb reloads its configuration; the other roles have nothing to
+        // reload and say so (rather than die, SIGHUP's default).
+        let mut hup = signal(SignalKind::hangup())?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let role = node.role;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if role == Role::Lb {
+                    info!("SIGHUP: reloading the configuration");
+                    let _ = reload_tx.send(());
+                } else {
+                    warn!("SIGHUP: a {} node has no configuration to reload; restart it to apply a change", role.as_str());
+                }
+            }
+        });
         let run = async {
             let r: anyhow::Result<()> = match node.role {
-                Role::Lb => hastack_lb::run(&topo, name, rx).await.map_err(Into::into),
+                Role::Lb => {
+                    let reloads = hastack_lb::Reloads {
+                        load: Some(std::sync::Arc::new(move || {
+                            load().map_err(|e| format!("{e:#}"))
+                        })),
+                        requests: Some(reload_rx),
+                    };
+                    hastack_lb::run_with(&topo, name, rx, reloads)
+                        .await
+                        .map_err(Into::into)
+                }
                 Role::Web => hastack_web::run(&topo, name, rx).await.map_err(Into::into),
                 Role::App => {
                     let data = match (sqlite, secrets.clone()) {

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod control;
 mod passthrough;
 pub mod rate;
 
@@ -59,6 +60,14 @@ pub enum LbError {
     /// The certificates cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The control socket could not be made.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// Where the VRRP key of a topology lives: `<state_dir>/secrets/vrrp.key`.
@@ -90,9 +99,9 @@ struct Site {
     /// The strict front door of the VIP listeners.
     door: Arc<hastack_runtime::front_door::FrontDoor>,
     /// Open-connection limits of the VIP listeners (`lb.max_conn`, `max_conn_per_client`).
-    limits: Option<Arc<hastack_runtime::conn_limits::ConnLimits>>,
-    /// Per-client request rate (`lb.rate_limit`).
-    rate: Option<Arc<rate::RateLimiter>>,
+    limits: Arc<hastack_runtime::conn_limits::ConnLimits>,
+    /// Per-client request rate (`lb.rate_limit`; 0 limits nothing).
+    rate: Arc<rate::RateLimiter>,
     /// Requests answered 429.
     rate_limited: prometheus_client::metrics::counter::Counter,
 }
@@ -105,7 +114,6 @@ impl Site {
     fn over_rate(&self, peer: SocketAddr) -> Option<Response<ProxyBody>> {
         let wait = self
             .rate
-            .as_ref()?
             .admit(peer.ip(), std::time::Instant::now())
             .err()?;
         self.rate_limited.inc();
@@ -211,7 +219,7 @@ impl VipHook for VipListener {
         let site = self.site.clone();
         let vip = site.http;
         let door = site.door.clone();
-        let limits = site.limits.clone();
+        let limits = Some(site.limits.clone());
         let stop = rx.clone();
         self.tasks.push(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
@@ -229,7 +237,7 @@ impl VipHook for VipListener {
         if let (Some(listener), Some((addr, mode))) = (https, self.site.https.clone()) {
             let site = self.site.clone();
             let door = site.door.clone();
-            let limits = site.limits.clone();
+            let limits = Some(site.limits.clone());
             let stop = rx;
             self.tasks.push(self.rt.spawn(async move {
                 info!(vip = %addr, tls = match mode { Https::Terminate(_) => "terminate", Https::Passthrough(_) => "passthrough" }, "listening for HTTPS on the VIP");
@@ -281,11 +289,33 @@ fn own_health(pool: &Pool) -> Health {
     }
 }
 
+/// How a running lb node gets a new configuration: `load` reads the topology file
+/// again (`None`: there is none to read); each message on `requests` asks for a
+/// reload (SIGHUP).
+#[derive(Default)]
+pub struct Reloads {
+    /// Reads the file again.
+    pub load: Option<control::Loader>,
+    /// Reload requests.
+    pub requests: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
 /// Runs lb node `name` until `shutdown` turns true.
 pub async fn run(
     topo: &Topology,
     name: &str,
     shutdown: watch::Receiver<bool>,
+) -> Result<(), LbError> {
+    run_with(topo, name, shutdown, Reloads::default()).await
+}
+
+/// Like [`run`], reloading its configuration as `reloads` say and answering on its
+/// control socket ([`control`]).
+pub async fn run_with(
+    topo: &Topology,
+    name: &str,
+    shutdown: watch::Receiver<bool>,
+    reloads: Reloads,
 ) -> Result<(), LbError> {
     let node = topo
         .node(name)
@@ -312,32 +342,24 @@ pub async fn run(
         hastack_proxy::PoolOptions::for_lb(topo),
         &mut registry,
     );
-    let proxy = Proxy::new(
-        ProxyOptions::for_lb(name, &topo.lb),
-        pool.clone(),
+    let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+    let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
+    let limits = hastack_runtime::conn_limits::ConnLimits::new(
+        topo.lb.max_conn,
+        topo.lb.max_conn_per_client,
         &mut registry,
     );
-    let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
-    let limits = (topo.lb.max_conn > 0 || topo.lb.max_conn_per_client > 0).then(|| {
-        hastack_runtime::conn_limits::ConnLimits::new(
-            topo.lb.max_conn,
-            topo.lb.max_conn_per_client,
-            &mut registry,
-        )
-    });
-    let rate = (topo.lb.rate_limit > 0).then(|| {
-        Arc::new(rate::RateLimiter::new(
-            topo.lb.rate_limit,
-            topo.lb.rate_burst,
-        ))
-    });
+    let rate = Arc::new(rate::RateLimiter::new(
+        topo.lb.rate_limit,
+        topo.lb.rate_burst,
+    ));
     let rate_limited = prometheus_client::metrics::counter::Counter::default();
     registry.register(
         "hastack_lb_rate_limited",
         "Requests answered 429: the client was over lb.rate_limit",
         rate_limited.clone(),
     );
-    if let Some(rate) = &rate {
+    {
         // Forget clients that went quiet, so memory follows the active ones.
         let rate = rate.clone();
         let mut shutdown = shutdown.clone();
@@ -425,6 +447,43 @@ pub async fn run(
     };
 
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
+    let live = Arc::new(control::Live {
+        name: name.to_string(),
+        pool: pool.clone(),
+        door: door.clone(),
+        limits: limits.clone(),
+        rate: rate.clone(),
+        running: std::sync::Mutex::new(topo.clone()),
+        load: reloads.load,
+    });
+    let control_listener =
+        control::bind(&topo.state_dir, name).map_err(|source| LbError::Control {
+            path: control::socket_path(&topo.state_dir, name),
+            source,
+        })?;
+    tokio::spawn(control::serve(
+        control_listener,
+        live.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(mut requests) = reloads.requests {
+        let live = live.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    r = requests.recv() => match r {
+                        None => break,
+                        Some(()) => {
+                            let live = live.clone();
+                            let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                        }
+                    },
+                }
+            }
+        });
+    }
     let admin = Admin::new(probe, registry, Some(extra));
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 

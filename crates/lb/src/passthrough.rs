@@ -123,8 +123,8 @@ impl Passthrough {
             std::net::IpAddr::V4(a) => hastack_proxy::balance::hash(&a.octets()),
             std::net::IpAddr::V6(a) => hastack_proxy::balance::hash(&a.octets()),
         };
-        while let Some((i, server)) = self.pool.pick(key, &tried) {
-            tried.push(i);
+        while let Some(server) = self.pool.pick(key, &tried) {
+            tried.push(server.id);
             let server_ref = server.clone();
             let addr = SocketAddr::new(server.addr.ip(), self.port);
             let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))

@@ -212,6 +212,27 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let stream = connect_tcp(addr).await?;
+    match tls {
+        None => Ok(handshake(addr, TokioIo::new(stream)).await?),
+        Some(t) => {
+            let stream = tls_handshake(addr, t, stream).await?;
+            Ok(handshake(addr, TokioIo::new(stream)).await?)
+        }
+    }
+}
+
+/// Opens a connection to `addr` (and its TLS session, with `tls`) and closes it: a
+/// TCP health check.
+pub(crate) async fn dial_raw(addr: SocketAddr, tls: Option<&UpstreamTls>) -> Result<(), DialError> {
+    let stream = connect_tcp(addr).await?;
+    if let Some(t) = tls {
+        tls_handshake(addr, t, stream).await?;
+    }
+    Ok(())
+}
+
+async fn connect_tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, DialError> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| DialError {
@@ -219,18 +240,22 @@ where
             why: format!("connect to {addr}: {e}"),
         })?;
     let _ = stream.set_nodelay(true);
-    match tls {
-        None => Ok(handshake(addr, TokioIo::new(stream)).await?),
-        Some(t) => {
-            let stream = match t.connector.connect(t.name.clone(), stream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    t.metrics.failure("client", hastack_tls::failure_cause(&e));
-                    return Err(format!("TLS with {addr}: {e}").into());
-                }
-            };
-            t.metrics.handshake("client", stream.get_ref().1);
-            Ok(handshake(addr, TokioIo::new(stream)).await?)
+    Ok(stream)
+}
+
+async fn tls_handshake(
+    addr: SocketAddr,
+    t: &UpstreamTls,
+    stream: tokio::net::TcpStream,
+) -> Result<hastack_tls::client::TlsStream<tokio::net::TcpStream>, DialError> {
+    match t.connector.connect(t.name.clone(), stream).await {
+        Ok(s) => {
+            t.metrics.handshake("client", s.get_ref().1);
+            Ok(s)
+        }
+        Err(e) => {
+            t.metrics.failure("client", hastack_tls::failure_cause(&e));
+            Err(format!("TLS with {addr}: {e}").into())
         }
     }
 }

@@ -54,22 +54,9 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Longest wait for a client's whole request body (408 after).
     pub request_body_timeout: Duration,
-    /// What `balance = "hash"` hashes.
-    pub hash_key: HashOn,
-    /// Sticky sessions: the name of the cookie that keeps a client on its server
-    /// (HAProxy's `cookie NAME insert indirect`).
-    pub sticky_cookie: Option<String>,
 }
 
 impl ProxyOptions {
-    /// The lb's options: defaults, with the hash key and sticky cookie of `[lb]`.
-    pub fn for_lb(node_name: &str, lb: &hastack_config::LbSettings) -> ProxyOptions {
-        let mut o = ProxyOptions::new(node_name);
-        o.hash_key = lb.hash_key.clone();
-        o.sticky_cookie = lb.sticky_cookie.clone();
-        o
-    }
-
     /// Defaults for a proxy called `node_name`.
     pub fn new(node_name: &str) -> ProxyOptions {
         ProxyOptions {
@@ -80,8 +67,6 @@ impl ProxyOptions {
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             request_body_timeout: Duration::from_secs(30),
-            hash_key: HashOn::Source,
-            sticky_cookie: None,
         }
     }
 }
@@ -272,14 +257,17 @@ impl Proxy {
             }
         };
         let mut headers = parts.headers;
-        let key = match self.pool.options().algorithm {
-            Balance::Hash => self.hash_key(&headers, &parts.uri, peer),
+        // The servers and balancing options in force for this request, even if a
+        // reload replaces them meanwhile.
+        let set = self.pool.set();
+        let key = match set.options().algorithm {
+            Balance::Hash => hash_key(&set.options().hash_key, &headers, &parts.uri, peer),
             _ => 0,
         };
         // The sticky cookie names the client's server; it is this proxy's business
         // and does not go upstream.
-        let sticky = self
-            .opts
+        let sticky = set
+            .options()
             .sticky_cookie
             .as_deref()
             .and_then(|name| take_cookie(&mut headers, name));
@@ -322,19 +310,19 @@ impl Proxy {
         let may_repeat = idempotent(request.method());
         // An idempotent request may be sent again after a broken exchange, so keep a
         // copy while there is another server to send it to.
-        let keep_copy = may_repeat && self.pool.servers().len() > 1;
+        let keep_copy = may_repeat && set.servers().len() > 1;
         let spare = keep_copy.then(|| copy_request(&request));
         let mut next = Some(request);
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<u64> = Vec::new();
         let mut last_error = String::from("no healthy server");
         let mut last_failure: Option<Failure> = None;
         loop {
             let stuck = tried.is_empty().then_some(sticky.as_deref()).flatten();
-            let picked = match stuck.and_then(|name| self.pool.pick_named(name)) {
-                Some(p) => Ok(p),
+            let picked = match stuck.and_then(|name| set.pick_named(name)) {
+                Some(s) => Ok(s.clone()),
                 None => self.pool.pick_queued(key, &tried).await,
             };
-            let (index, server) = match picked {
+            let server = match picked {
                 Ok(p) => p,
                 Err(NoServer::QueueFull) => {
                     warn!(
@@ -358,7 +346,7 @@ impl Proxy {
                     );
                 }
             };
-            tried.push(index);
+            tried.push(server.id);
             let Some(request) = next.take().or_else(|| spare.as_ref().map(copy_request)) else {
                 return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
             };
@@ -374,17 +362,14 @@ impl Proxy {
             {
                 Ok(Ok(mut resp)) => {
                     if resp.status().is_server_error() {
-                        server.observe(
-                            Some(&format!("status {}", resp.status())),
-                            self.pool.options(),
-                        );
+                        server.observe(Some(&format!("status {}", resp.status())), set.options());
                     } else {
-                        server.observe(None, self.pool.options());
+                        server.observe(None, set.options());
                     }
                     resp.body_mut().hold(in_flight);
                     strip_hop_by_hop(resp.headers_mut());
                     prepend_served_by(resp.headers_mut(), &self.served_by);
-                    if let Some(name) = &self.opts.sticky_cookie
+                    if let Some(name) = &set.options().sticky_cookie
                         && sticky.as_deref() != Some(server.name.as_str())
                     {
                         set_sticky_cookie(resp.headers_mut(), name, &server.name);
@@ -414,7 +399,7 @@ impl Proxy {
                 server.failures.inc();
             }
             if failure == Failure::Exchange {
-                server.observe(Some(&why), self.pool.options());
+                server.observe(Some(&why), set.options());
             }
             last_error = format!("{}: {why}", server.name);
             if failure.takes_server_out() {
@@ -430,26 +415,24 @@ impl Proxy {
     }
 }
 
-impl Proxy {
-    /// The request's key for `balance = "hash"`.
-    fn hash_key(&self, headers: &HeaderMap, uri: &http::Uri, peer: SocketAddr) -> u64 {
-        match &self.opts.hash_key {
-            HashOn::Source => match peer.ip() {
-                std::net::IpAddr::V4(a) => hash(&a.octets()),
-                std::net::IpAddr::V6(a) => hash(&a.octets()),
-            },
-            HashOn::Uri => hash(
-                uri.path_and_query()
-                    .map_or(uri.path(), |p| p.as_str())
-                    .as_bytes(),
-            ),
-            HashOn::Header(name) => hash(
-                headers
-                    .get(name.as_str())
-                    .map_or(&b""[..], |v| v.as_bytes()),
-            ),
-            HashOn::Cookie(name) => hash(cookie(headers, name).unwrap_or_default().as_bytes()),
-        }
+/// The request's key for `balance = "hash"`.
+fn hash_key(on: &HashOn, headers: &HeaderMap, uri: &http::Uri, peer: SocketAddr) -> u64 {
+    match on {
+        HashOn::Source => match peer.ip() {
+            std::net::IpAddr::V4(a) => hash(&a.octets()),
+            std::net::IpAddr::V6(a) => hash(&a.octets()),
+        },
+        HashOn::Uri => hash(
+            uri.path_and_query()
+                .map_or(uri.path(), |p| p.as_str())
+                .as_bytes(),
+        ),
+        HashOn::Header(name) => hash(
+            headers
+                .get(name.as_str())
+                .map_or(&b""[..], |v| v.as_bytes()),
+        ),
+        HashOn::Cookie(name) => hash(cookie(headers, name).unwrap_or_default().as_bytes()),
     }
 }
 

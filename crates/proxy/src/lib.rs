@@ -15,4 +15,7 @@ pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, PooledBody};
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };
-pub use pool::{HealthCheck, NoServer, Pool, PoolOptions, PoolTls, RiseFall, Server};
+pub use pool::{
+    AdminState, CheckKind, HealthCheck, NoServer, Pool, PoolOptions, PoolTls, RiseFall, Server,
+    ServerSet, UnknownServer,
+};

@@ -1,19 +1,27 @@
 //! An upstream pool: its servers, the choice among those that may take a request
 //! (the algorithm is [`crate::balance`]'s), and the active health checks (`GET
-//! /healthz`, interval, rise, fall) that decide who is healthy.
+//! /healthz`, or a TCP connect; interval, rise, fall) that decide who is healthy.
 //!
 //! A server is also taken out at once when a connection to it is refused, and for
 //! `eject_for` after `eject_after` consecutive failed exchanges or 5xx answers
 //! (passive checks); only active checks bring it back. A server that comes back ramps
 //! up its weight over `slow_start`. With `max_conn`, a server takes at most that many
 //! requests at once and the others wait in the pool's queue, up to `queue_timeout`.
+//!
+//! The servers and options in force are one [`ServerSet`], read without a lock by
+//! each request and replaced whole when the configuration is reloaded
+//! ([`Pool::update`]) or an operator changes a weight. A server present before and
+//! after keeps its health, its connections and its requests in flight. An operator may
+//! also drain a server (no new clients; sticky ones stay) or put it in maintenance (no
+//! traffic at all): [`AdminState`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Authority;
 use http_body_util::{BodyExt, Empty};
@@ -26,7 +34,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::balance::{Balance, Balancer, View};
+use crate::balance::{Balance, Balancer, HashOn, View};
 use crate::conn::UpstreamTls;
 
 /// How a pool balances and limits: HAProxy's `balance`, `weight`, `slowstart`,
@@ -49,6 +57,11 @@ pub struct PoolOptions {
     pub eject_after: u32,
     /// How long an ejected server stays out, whatever its checks say.
     pub eject_for: Duration,
+    /// What `balance = "hash"` hashes.
+    pub hash_key: HashOn,
+    /// Sticky sessions: the name of the cookie that keeps a client on its server
+    /// (HAProxy's `cookie NAME insert indirect`).
+    pub sticky_cookie: Option<String>,
 }
 
 impl Default for PoolOptions {
@@ -62,6 +75,8 @@ impl Default for PoolOptions {
             slow_start: Duration::ZERO,
             eject_after: 0,
             eject_for: Duration::from_secs(10),
+            hash_key: HashOn::Source,
+            sticky_cookie: None,
         }
     }
 }
@@ -79,6 +94,8 @@ impl PoolOptions {
             slow_start: lb.slow_start,
             eject_after: lb.eject_after,
             eject_for: lb.eject_for,
+            hash_key: lb.hash_key.clone(),
+            sticky_cookie: lb.sticky_cookie.clone(),
         }
     }
 
@@ -108,7 +125,11 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take it out.
     pub fall: u32,
+    /// What a check does.
+    pub kind: CheckKind,
 }
+
+pub use hastack_config::CheckKind;
 
 impl From<&hastack_config::HealthSettings> for HealthCheck {
     fn from(h: &hastack_config::HealthSettings) -> HealthCheck {
@@ -117,6 +138,47 @@ impl From<&hastack_config::HealthSettings> for HealthCheck {
             timeout: h.timeout,
             rise: h.rise,
             fall: h.fall,
+            kind: h.check,
+        }
+    }
+}
+
+/// What an operator said of a server (HAProxy's `set server ... state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// In service.
+    Ready = 0,
+    /// No new clients; requests of clients stuck to it by the sticky cookie still go.
+    Drain = 1,
+    /// Out of service: no request goes to it (health checks go on).
+    Maint = 2,
+}
+
+impl AdminState {
+    /// `ready`, `drain` or `maint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    /// The state called `s`.
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
         }
     }
 }
@@ -124,6 +186,9 @@ impl From<&hastack_config::HealthSettings> for HealthCheck {
 /// One upstream server.
 #[derive(Debug)]
 pub struct Server {
+    /// Unique in its pool for the pool's lifetime: a server replaced by a reload (a new
+    /// address) gets a new one, so a request that tried the old one may try the new.
+    pub id: u64,
     /// Its node name (for logs and metrics).
     pub name: String,
     /// Where it listens.
@@ -135,6 +200,11 @@ pub struct Server {
     healthy: AtomicBool,
     /// Configured weight (changed at run time by `hastack lb weight`).
     weight: AtomicU32,
+    /// [`AdminState`], as its number.
+    admin: AtomicU8,
+    /// Removed from the pool by a reload: its health checks stop.
+    retired: AtomicBool,
+    labels: ServerLabels,
     /// Requests in flight (until their response body ends).
     active: AtomicU32,
     /// When it last came back into service (slow start), and until when it is ejected.
@@ -146,6 +216,8 @@ pub struct Server {
     up: Gauge,
     in_flight: Gauge,
     ejections: Counter,
+    weight_gauge: Gauge,
+    admin_gauge: Gauge,
     freed: Arc<Notify>,
 }
 
@@ -181,6 +253,26 @@ impl Server {
     /// Requests in flight.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// What the operator said of it.
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    fn set_admin(&self, state: AdminState) {
+        self.admin.store(state as u8, Ordering::Relaxed);
+        self.admin_gauge.set(state as i64);
+    }
+
+    fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.weight_gauge.set(i64::from(weight));
+    }
+
+    /// Whether it may take a request of a new client (healthy and ready).
+    fn open_to_new(&self) -> bool {
+        self.is_healthy() && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
     }
 
     /// The weight the balancer uses: ramping up during `slow_start` after the server
@@ -285,17 +377,171 @@ pub struct PoolTls {
     pub metrics: hastack_tls::TlsMetrics,
 }
 
-/// A set of servers behind one name, balanced as its options say.
+/// The per-server metric families, kept to add and remove the series of servers that
+/// a reload adds and removes.
+#[derive(Clone, Default)]
+struct ServerMetrics {
+    requests: Family<ServerLabels, Counter>,
+    failures: Family<ServerLabels, Counter>,
+    up: Family<ServerLabels, Gauge>,
+    in_flight: Family<ServerLabels, Gauge>,
+    ejections: Family<ServerLabels, Counter>,
+    weight: Family<ServerLabels, Gauge>,
+    admin: Family<ServerLabels, Gauge>,
+}
+
+impl ServerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hastack_upstream_requests",
+            "Requests sent to an upstream server",
+            self.requests.clone(),
+        );
+        registry.register(
+            "hastack_upstream_failures",
+            "Requests to an upstream server that failed",
+            self.failures.clone(),
+        );
+        registry.register(
+            "hastack_upstream_up",
+            "1 when the upstream server is healthy",
+            self.up.clone(),
+        );
+        registry.register(
+            "hastack_upstream_in_flight",
+            "Requests in flight on an upstream server",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "hastack_upstream_ejections",
+            "Times an upstream server was ejected after consecutive failures",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "hastack_upstream_weight",
+            "The upstream server's configured weight",
+            self.weight.clone(),
+        );
+        registry.register(
+            "hastack_upstream_admin_state",
+            "What the operator said of the server: 0 ready, 1 drain, 2 maint",
+            self.admin.clone(),
+        );
+    }
+
+    fn forget(&self, labels: &ServerLabels) {
+        self.requests.remove(labels);
+        self.failures.remove(labels);
+        self.up.remove(labels);
+        self.in_flight.remove(labels);
+        self.ejections.remove(labels);
+        self.weight.remove(labels);
+        self.admin.remove(labels);
+    }
+}
+
+/// The servers of a pool and the options in force: what one request decides on. A
+/// reload or a weight change replaces it whole (a new balancer included).
 #[derive(Debug)]
-pub struct Pool {
-    name: String,
+pub struct ServerSet {
     servers: Vec<Arc<Server>>,
     balancer: Balancer,
     opts: PoolOptions,
+}
+
+impl ServerSet {
+    fn new(servers: Vec<Arc<Server>>, opts: PoolOptions) -> ServerSet {
+        let named: Vec<(&str, u32)> = servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.weight()))
+            .collect();
+        let balancer = Balancer::new(opts.algorithm, &named, opts.hash_factor_pct);
+        ServerSet {
+            servers,
+            balancer,
+            opts,
+        }
+    }
+
+    /// All servers, in the topology's order.
+    pub fn servers(&self) -> &[Arc<Server>] {
+        &self.servers
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &PoolOptions {
+        &self.opts
+    }
+
+    /// A server for a request with hash `key` (see [`crate::balance`]), skipping the
+    /// servers with the ids in `exclude` (they already failed this request), servers
+    /// drained or in maintenance and servers at their connection limit; `None` when no
+    /// server may take it now.
+    pub fn pick(&self, key: u64, exclude: &[u64]) -> Option<&Arc<Server>> {
+        let slow_start = self.opts.slow_start;
+        // The clock and the random draw only for the settings that use them.
+        let now = (!slow_start.is_zero()).then(Instant::now);
+        let random = match self.balancer.algorithm() {
+            Balance::Random => rand::random(),
+            _ => 0,
+        };
+        let max_conn = self.opts.max_conn;
+        let i = self.balancer.choose(
+            self.servers.len(),
+            |i| {
+                let s = &self.servers[i];
+                let active = s.active();
+                View {
+                    weight: s.effective_weight(slow_start, now),
+                    active,
+                    usable: s.open_to_new()
+                        && !exclude.contains(&s.id)
+                        && (max_conn == 0 || active < max_conn),
+                }
+            },
+            key,
+            random,
+        )?;
+        Some(&self.servers[i])
+    }
+
+    /// The server called `name`, if it may take a request of a client stuck to it now
+    /// (sticky sessions): healthy, not in maintenance, under its limit. A drained
+    /// server still takes its sticky clients.
+    pub fn pick_named(&self, name: &str) -> Option<&Arc<Server>> {
+        let s = self.servers.iter().find(|s| s.name == name)?;
+        let open = s.is_healthy()
+            && s.admin_state() != AdminState::Maint
+            && (self.opts.max_conn == 0 || s.active() < self.opts.max_conn);
+        open.then_some(s)
+    }
+}
+
+/// A set of servers behind one name, balanced as its options say.
+pub struct Pool {
+    name: String,
+    set: ArcSwap<ServerSet>,
+    tls: Option<PoolTls>,
+    metrics: ServerMetrics,
     /// Wakes requests waiting in the queue when a slot frees.
     freed: Arc<Notify>,
     queued: Gauge,
     queue_timeouts: Counter,
+    /// The health checks' settings once they run, so that servers a reload adds are
+    /// checked too.
+    checks: Mutex<Option<(HealthCheck, watch::Receiver<bool>)>>,
+    next_id: AtomicU64,
+    /// Serialises the changes of the set; requests read it without a lock.
+    changing: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("set", &self.set.load())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why no server was picked.
@@ -305,6 +551,18 @@ pub enum NoServer {
     Down,
     /// All are at their connection limit and the queue wait ran out.
     QueueFull,
+}
+
+/// An operator's command named a server the pool does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pool {pool} has no server `{server}` (it has: {known})")]
+pub struct UnknownServer {
+    /// The pool.
+    pub pool: String,
+    /// The name given.
+    pub server: String,
+    /// The servers it has.
+    pub known: String,
 }
 
 impl Pool {
@@ -328,36 +586,8 @@ impl Pool {
         opts: PoolOptions,
         registry: &mut Registry,
     ) -> Arc<Pool> {
-        let requests = Family::<ServerLabels, Counter>::default();
-        let failures = Family::<ServerLabels, Counter>::default();
-        let up = Family::<ServerLabels, Gauge>::default();
-        registry.register(
-            "hastack_upstream_requests",
-            "Requests sent to an upstream server",
-            requests.clone(),
-        );
-        registry.register(
-            "hastack_upstream_failures",
-            "Requests to an upstream server that failed",
-            failures.clone(),
-        );
-        registry.register(
-            "hastack_upstream_up",
-            "1 when the upstream server gets traffic",
-            up.clone(),
-        );
-        let in_flight = Family::<ServerLabels, Gauge>::default();
-        registry.register(
-            "hastack_upstream_in_flight",
-            "Requests in flight on an upstream server",
-            in_flight.clone(),
-        );
-        let ejections = Family::<ServerLabels, Counter>::default();
-        registry.register(
-            "hastack_upstream_ejections",
-            "Times an upstream server was ejected after consecutive failures",
-            ejections.clone(),
-        );
+        let metrics = ServerMetrics::default();
+        metrics.register(registry);
         let queued = Family::<PoolLabels, Gauge>::default();
         registry.register(
             "hastack_pool_queued",
@@ -370,73 +600,84 @@ impl Pool {
             "Requests that waited in the queue too long (503)",
             queue_timeouts.clone(),
         );
-        let freed = Arc::new(Notify::new());
-        let weight_of = |n: &str| {
-            opts.weights
-                .iter()
-                .find(|(w, _)| w == n)
-                .map_or(1, |(_, w)| *w)
-        };
-        let servers = servers
-            .iter()
-            .filter_map(|(n, addr)| {
-                let labels = ServerLabels {
-                    pool: name.to_string(),
-                    server: n.clone(),
-                };
-                let authority: Authority = addr.to_string().parse().ok()?;
-                let tls = match &tls {
-                    Some(t) => Some(UpstreamTls {
-                        connector: hastack_tls::TlsConnector::from(t.config.clone()),
-                        name: hastack_tls::rustls_pki::ServerName::try_from(n.clone()).ok()?,
-                        metrics: t.metrics.clone(),
-                    }),
-                    None => None,
-                };
-                let s = Server {
-                    name: n.clone(),
-                    addr: *addr,
-                    authority,
-                    conns: Arc::default(),
-                    tls,
-                    healthy: AtomicBool::new(true),
-                    weight: AtomicU32::new(weight_of(n)),
-                    active: AtomicU32::new(0),
-                    since: Mutex::default(),
-                    errors: AtomicU32::new(0),
-                    requests: requests.get_or_create(&labels).clone(),
-                    failures: failures.get_or_create(&labels).clone(),
-                    up: up.get_or_create(&labels).clone(),
-                    in_flight: in_flight.get_or_create(&labels).clone(),
-                    ejections: ejections.get_or_create(&labels).clone(),
-                    freed: freed.clone(),
-                };
-                s.up.set(1);
-                Some(Arc::new(s))
-            })
-            .collect::<Vec<Arc<Server>>>();
-        let named: Vec<(&str, u32)> = servers
-            .iter()
-            .map(|s| (s.name.as_str(), s.weight()))
-            .collect();
-        let balancer = Balancer::new(opts.algorithm, &named, opts.hash_factor_pct);
         let pool_labels = PoolLabels {
             pool: name.to_string(),
         };
-        Arc::new(Pool {
+        let pool = Pool {
             name: name.to_string(),
-            balancer,
-            servers,
+            set: ArcSwap::from_pointee(ServerSet::new(Vec::new(), opts.clone())),
+            tls,
+            metrics,
+            freed: Arc::new(Notify::new()),
             queued: queued.get_or_create(&pool_labels).clone(),
             queue_timeouts: queue_timeouts.get_or_create(&pool_labels).clone(),
-            opts,
-            freed,
-        })
+            checks: Mutex::new(None),
+            next_id: AtomicU64::new(0),
+            changing: Mutex::new(()),
+        };
+        let servers = servers
+            .iter()
+            .filter_map(|(n, addr)| pool.server(n, *addr, weight_in(&opts, n), true))
+            .collect();
+        pool.set.store(Arc::new(ServerSet::new(servers, opts)));
+        Arc::new(pool)
     }
 
-    /// The pool's options.
-    pub fn options(&self) -> &PoolOptions {
-        &self.opts
+    /// A new server `name` at `addr`; `None` when the name cannot be a TLS server name.
+    fn server(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        weight: u32,
+        healthy: bool,
+    ) -> Option<Arc<Server>> {
+        let labels = ServerLabels {
+            pool: self.name.clone(),
+            server: name.to_string(),
+        };
+        let authority: Authority = addr.to_string().parse().ok()?;
+        let tls = match &self.tls {
+            Some(t) => Some(UpstreamTls {
+                connector: hastack_tls::TlsConnector::from(t.config.clone()),
+                name: hastack_tls::rustls_pki::ServerName::try_from(name.to_string()).ok()?,
+                metrics: t.metrics.clone(),
+            }),
+            None => None,
+        };
+        let m = &self.metrics;
+        let s = Server {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            name: name.to_string(),
+            addr,
+            authority,
+            conns: Arc::default(),
+            tls,
+            healthy: AtomicBool::new(healthy),
+            weight: AtomicU32::new(weight),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            retired: AtomicBool::new(false),
+            active: AtomicU32::new(0),
+            since: Mutex::default(),
+            errors: AtomicU32::new(0),
+            requests: m.requests.get_or_create(&labels).clone(),
+            failures: m.failures.get_or_create(&labels).clone(),
+            up: m.up.get_or_create(&labels).clone(),
+            in_flight: m.in_flight.get_or_create(&labels).clone(),
+            ejections: m.ejections.get_or_create(&labels).clone(),
+            weight_gauge: m.weight.get_or_create(&labels).clone(),
+            admin_gauge: m.admin.get_or_create(&labels).clone(),
+            freed: self.freed.clone(),
+            labels,
+        };
+        s.up.set(i64::from(healthy));
+        s.weight_gauge.set(i64::from(weight));
+        s.admin_gauge.set(AdminState::Ready as i64);
+        Some(Arc::new(s))
+    }
+
+    /// The servers and options in force now.
+    pub fn set(&self) -> Arc<ServerSet> {
+        self.set.load_full()
     }
 
     /// The pool's name.
@@ -444,88 +685,57 @@ impl Pool {
         &self.name
     }
 
-    /// All servers.
-    pub fn servers(&self) -> &[Arc<Server>] {
-        &self.servers
+    /// All servers now.
+    pub fn servers(&self) -> Vec<Arc<Server>> {
+        self.set.load().servers.clone()
     }
 
-    /// Each server's name and whether it gets traffic, for `/healthz`.
+    /// Each server's name, health, operator state, weight and requests in flight, for
+    /// `/healthz` and `hastack lb show`.
     pub fn health_json(&self) -> serde_json::Value {
-        self.servers
+        self.set
+            .load()
+            .servers
             .iter()
-            .map(|s| serde_json::json!({ "name": s.name, "healthy": s.is_healthy() }))
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "addr": s.addr.to_string(),
+                    "healthy": s.is_healthy(),
+                    "state": s.admin_state().as_str(),
+                    "weight": s.weight(),
+                    "in_flight": s.active(),
+                })
+            })
             .collect()
     }
 
-    /// A server for a request with hash `key` (see [`crate::balance`]), skipping
-    /// `exclude` (servers that already failed this request) and servers at their
-    /// connection limit; `None` when no server may take it now.
-    pub fn pick(&self, key: u64, exclude: &[usize]) -> Option<(usize, &Arc<Server>)> {
-        let slow_start = self.opts.slow_start;
-        // The clock and the random draw only for the settings that use them.
-        let now = (!slow_start.is_zero()).then(Instant::now);
-        let random = match self.balancer.algorithm() {
-            Balance::Random => rand::random(),
-            _ => 0,
-        };
-        let max_conn = self.opts.max_conn;
-        let i = self.balancer.choose(
-            self.servers.len(),
-            |i| {
-                let s = &self.servers[i];
-                let active = s.active();
-                View {
-                    weight: s.effective_weight(slow_start, now),
-                    active,
-                    usable: s.is_healthy()
-                        && !exclude.contains(&i)
-                        && (max_conn == 0 || active < max_conn),
-                }
-            },
-            key,
-            random,
-        )?;
-        Some((i, &self.servers[i]))
-    }
-
-    /// The server called `name`, if it may take a request now (sticky sessions).
-    pub fn pick_named(&self, name: &str) -> Option<(usize, &Arc<Server>)> {
-        let (i, s) = self
-            .servers
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.name == name)?;
-        let open = s.is_healthy()
-            && s.weight() > 0
-            && (self.opts.max_conn == 0 || s.active() < self.opts.max_conn);
-        open.then_some((i, s))
+    /// [`ServerSet::pick`] on the servers in force.
+    pub fn pick(&self, key: u64, exclude: &[u64]) -> Option<Arc<Server>> {
+        self.set.load().pick(key, exclude).cloned()
     }
 
     /// Like [`Pool::pick`], but when every server that may take the request is at its
     /// connection limit, waits in the queue for a slot, up to the queue timeout.
-    pub async fn pick_queued(
-        &self,
-        key: u64,
-        exclude: &[usize],
-    ) -> Result<(usize, &Arc<Server>), NoServer> {
-        if let Some(p) = self.pick(key, exclude) {
-            return Ok(p);
+    pub async fn pick_queued(&self, key: u64, exclude: &[u64]) -> Result<Arc<Server>, NoServer> {
+        let set = self.set.load_full();
+        if let Some(s) = set.pick(key, exclude) {
+            return Ok(s.clone());
         }
-        let limited = self.opts.max_conn > 0
-            && self
+        let limited = set.opts.max_conn > 0
+            && set
                 .servers
                 .iter()
-                .enumerate()
-                .any(|(i, s)| s.is_healthy() && !exclude.contains(&i));
+                .any(|s| s.open_to_new() && !exclude.contains(&s.id));
         if !limited {
             return Err(NoServer::Down);
         }
         self.queued.inc();
-        let deadline = Instant::now() + self.opts.queue_timeout;
+        let deadline = Instant::now() + set.opts.queue_timeout;
         let outcome = loop {
             let freed = self.freed.notified();
-            if let Some(p) = self.pick(key, exclude) {
-                break Ok(p);
+            if let Some(s) = self.pick(key, exclude) {
+                break Ok(s);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 // One last look: a slot may have freed as the clock ran out.
@@ -539,61 +749,242 @@ impl Pool {
         outcome
     }
 
-    /// Runs the active health checks of every server until `shutdown`: `GET /healthz`
-    /// over the same TLS as traffic, on a kept-alive connection of its own.
+    fn find(&self, name: &str) -> Result<Arc<Server>, UnknownServer> {
+        let set = self.set.load();
+        set.servers
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| UnknownServer {
+                pool: self.name.clone(),
+                server: name.to_string(),
+                known: set
+                    .servers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Puts server `name` in `state`; returns the state it was in.
+    pub fn set_admin(&self, name: &str, state: AdminState) -> Result<AdminState, UnknownServer> {
+        let s = self.find(name)?;
+        let before = s.admin_state();
+        s.set_admin(state);
+        if before != state {
+            info!(server = %s.name, from = before.as_str(), to = state.as_str(), "operator changed the upstream's state");
+            // Requests queued for a slot may now go elsewhere, or here.
+            self.freed.notify_waiters();
+        }
+        Ok(before)
+    }
+
+    /// Gives server `name` weight `weight` (the hash ring is rebuilt); returns its
+    /// weight before. Kept until the next reload, which applies the file's weights.
+    pub fn set_weight(&self, name: &str, weight: u32) -> Result<u32, UnknownServer> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.find(name)?;
+        let before = s.weight();
+        s.set_weight(weight);
+        let set = self.set.load_full();
+        self.set.store(Arc::new(ServerSet::new(
+            set.servers.clone(),
+            set.opts.clone(),
+        )));
+        info!(server = %s.name, from = before, to = weight, "operator changed the upstream's weight");
+        Ok(before)
+    }
+
+    /// Applies a changed configuration: these servers, these options. A server with
+    /// the same name and address as before stays as it is (health, connections,
+    /// requests in flight, operator state) and takes its new weight; a new one starts
+    /// down until its health checks pass (when checks run); a removed one gets no new
+    /// request and its checks stop. Returns what changed, one line per change.
+    pub fn update(&self, servers: &[(String, SocketAddr)], opts: PoolOptions) -> Vec<String> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.set.load_full();
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut changes = Vec::new();
+        let mut next = Vec::with_capacity(servers.len());
+        for (name, addr) in servers {
+            let weight = weight_in(&opts, name);
+            let kept = old
+                .servers
+                .iter()
+                .find(|s| &s.name == name && s.addr == *addr);
+            match kept {
+                Some(s) => {
+                    if s.weight() != weight {
+                        changes.push(format!("{}: weight {} -> {weight}", s.name, s.weight()));
+                        s.set_weight(weight);
+                    }
+                    next.push(s.clone());
+                }
+                None => {
+                    if let Some(replaced) = old.servers.iter().find(|s| &s.name == name) {
+                        self.retire(replaced);
+                    }
+                    let Some(s) = self.server(name, *addr, weight, checks.is_none()) else {
+                        warn!(server = %name, "not a usable server name; left out");
+                        continue;
+                    };
+                    changes.push(format!("{name}: added at {addr}"));
+                    if let Some((check, shutdown)) = &checks {
+                        self.spawn_check(s.clone(), *check, shutdown.clone());
+                    }
+                    next.push(s);
+                }
+            }
+        }
+        for s in &old.servers {
+            if !servers.iter().any(|(n, _)| *n == s.name) {
+                changes.push(format!("{}: removed", s.name));
+                self.retire(s);
+            }
+        }
+        let o = &old.opts;
+        let mut differs =
+            |what: &str, before: &dyn std::fmt::Debug, after: &dyn std::fmt::Debug| {
+                let (before, after) = (format!("{before:?}"), format!("{after:?}"));
+                if before != after {
+                    changes.push(format!("{what}: {before} -> {after}"));
+                }
+            };
+        differs("balance", &o.algorithm.as_str(), &opts.algorithm.as_str());
+        differs("hash_key", &o.hash_key, &opts.hash_key);
+        differs(
+            "hash_balance_factor",
+            &o.hash_factor_pct,
+            &opts.hash_factor_pct,
+        );
+        differs("sticky_cookie", &o.sticky_cookie, &opts.sticky_cookie);
+        differs("max_conn_per_server", &o.max_conn, &opts.max_conn);
+        differs("queue_timeout", &o.queue_timeout, &opts.queue_timeout);
+        differs("slow_start", &o.slow_start, &opts.slow_start);
+        differs("eject_after", &o.eject_after, &opts.eject_after);
+        differs("eject_for", &o.eject_for, &opts.eject_for);
+        self.set.store(Arc::new(ServerSet::new(next, opts)));
+        // Queued requests look again: the limit or the servers may have changed.
+        self.freed.notify_waiters();
+        changes
+    }
+
+    /// Takes `s` out of the pool for good: no checks, no metric series. Requests in
+    /// flight on it finish.
+    fn retire(&self, s: &Server) {
+        s.retired.store(true, Ordering::Relaxed);
+        self.metrics.forget(&s.labels);
+    }
+
+    /// Runs the active health checks of every server until `shutdown` (and those of
+    /// the servers a reload adds): `GET /healthz` over the same TLS as traffic on a
+    /// kept-alive connection of its own, or a connection that opens.
     pub fn spawn_health_checks(
         self: &Arc<Self>,
         check: HealthCheck,
         shutdown: watch::Receiver<bool>,
     ) {
-        for server in &self.servers {
-            let server = server.clone();
-            let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
-                let mut tracker = RiseFall::new(check.rise, check.fall, server.is_healthy());
-                let mut ticker = tokio::time::interval(check.interval);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.changed() => return,
-                        _ = ticker.tick() => {}
-                    }
-                    let outcome = match tokio::time::timeout(
-                        check.timeout,
-                        probe(&server, &mut conn),
-                    )
-                    .await
-                    {
-                        Ok(Err(ProbeError::Local(why))) => {
-                            // This host is short of descriptors or ports: no verdict on
-                            // the server, which may be perfectly healthy.
-                            tracing::debug!(server = %server.name, why, "health check not run");
-                            continue;
-                        }
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(_) => {
-                            conn = None;
-                            Err(format!("no answer within {:?}", check.timeout))
-                        }
-                    };
-                    // A passive mark-down must be seen by the tracker too.
-                    if !server.is_healthy() && tracker.healthy {
-                        tracker = RiseFall::new(check.rise, check.fall, false);
-                    }
-                    // An ejected server stays out for its back-off, whatever checks say.
-                    let ok = outcome.is_ok() && !server.ejected(Instant::now());
-                    if let Some(now_healthy) = tracker.observe(ok) {
-                        let why = match &outcome {
-                            Ok(()) => format!("{} checks passed", check.rise),
-                            Err(e) => format!("{} checks failed, last: {e}", check.fall),
-                        };
-                        server.set_healthy(now_healthy, &why);
-                    }
-                }
-            });
+        *self.checks.lock().unwrap_or_else(|e| e.into_inner()) = Some((check, shutdown.clone()));
+        for server in self.servers() {
+            self.spawn_check(server, check, shutdown.clone());
         }
     }
+
+    fn spawn_check(
+        &self,
+        server: Arc<Server>,
+        check: HealthCheck,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tokio::spawn(async move {
+            let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
+            let mut tracker = RiseFall::new(check.rise, check.fall, server.is_healthy());
+            let mut next = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep_until(next) => {}
+                }
+                if server.retired.load(Ordering::Relaxed) {
+                    return;
+                }
+                let started = Instant::now();
+                let attempt = async {
+                    match check.kind {
+                        CheckKind::Http => probe(&server, &mut conn).await,
+                        CheckKind::Tcp => connects(&server).await,
+                    }
+                };
+                let outcome = match tokio::time::timeout(check.timeout, attempt).await {
+                    Ok(Err(ProbeError::Local(why))) => {
+                        // This host is short of descriptors or ports: no verdict on
+                        // the server, which may be perfectly healthy.
+                        tracing::debug!(server = %server.name, why, "health check not run");
+                        next = started + check.interval;
+                        continue;
+                    }
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => {
+                        conn = None;
+                        Err(format!("no answer within {:?}", check.timeout))
+                    }
+                };
+                // A passive mark-down must be seen by the tracker too.
+                if !server.is_healthy() && tracker.healthy {
+                    tracker = RiseFall::new(check.rise, check.fall, false);
+                }
+                // An ejected server stays out for its back-off, whatever checks say.
+                let ok = outcome.is_ok() && !server.ejected(Instant::now());
+                if let Some(now_healthy) = tracker.observe(ok) {
+                    let why = match &outcome {
+                        Ok(()) => format!("{} checks passed", check.rise),
+                        Err(e) => format!("{} checks failed, last: {e}", check.fall),
+                    };
+                    server.set_healthy(now_healthy, &why);
+                }
+                next = started + check.next_in(tracker.changing());
+            }
+        });
+    }
+}
+
+/// Server `name`'s weight in `opts` (1 when absent).
+fn weight_in(opts: &PoolOptions, name: &str) -> u32 {
+    opts.weights
+        .iter()
+        .find(|(w, _)| w == name)
+        .map_or(1, |(_, w)| *w)
+}
+
+impl HealthCheck {
+    /// The wait before the next check: a quarter of the interval while the server's
+    /// state is changing (HAProxy's `fastinter`), so a server that has begun to fail
+    /// is out sooner, and one that has begun to answer is back sooner.
+    pub fn next_in(&self, changing: bool) -> Duration {
+        if changing {
+            self.interval / 4
+        } else {
+            self.interval
+        }
+    }
+}
+
+/// A TCP health check: the connection (and TLS handshake) opens.
+async fn connects(server: &Server) -> Result<(), ProbeError> {
+    crate::conn::dial_raw(server.addr, server.tls.as_ref())
+        .await
+        .map_err(|e| {
+            if e.local {
+                ProbeError::Local(e.why)
+            } else {
+                ProbeError::Server(e.why)
+            }
+        })
 }
 
 /// One health check of `server` on `conn` (opened, or opened again, as needed).
@@ -695,6 +1086,11 @@ impl RiseFall {
         }
     }
 
+    /// Whether the last checks disagreed with the verdict: the state may be changing.
+    pub fn changing(&self) -> bool {
+        self.streak > 0
+    }
+
     /// Records one check; returns the new verdict when it changes.
     pub fn observe(&mut self, ok: bool) -> Option<bool> {
         if ok == self.healthy {
@@ -732,7 +1128,7 @@ mod tests {
     #[test]
     fn round_robin_visits_every_server_in_turn() {
         let p = pool(3);
-        let picks: Vec<_> = (0..6).map(|_| p.pick(0, &[]).map(|(i, _)| i)).collect();
+        let picks: Vec<_> = (0..6).map(|_| p.pick(0, &[]).map(|s| s.id)).collect();
         assert_eq!(
             picks,
             [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)]
@@ -744,14 +1140,118 @@ mod tests {
         let p = pool(3);
         p.servers()[1].mark_down("test");
         for _ in 0..10 {
-            let (i, _) = p.pick(0, &[]).expect("a server");
-            assert_ne!(i, 1);
+            let s = p.pick(0, &[]).expect("a server");
+            assert_ne!(s.id, 1);
         }
         for _ in 0..10 {
-            assert_eq!(p.pick(0, &[0]).map(|(i, _)| i), Some(2));
+            assert_eq!(p.pick(0, &[0]).map(|s| s.id), Some(2));
         }
         assert!(p.pick(0, &[0, 2]).is_none());
         assert!(pool(0).pick(0, &[]).is_none());
+    }
+
+    #[test]
+    fn drain_keeps_sticky_clients_and_maint_takes_everything_out() {
+        let p = pool(2);
+        assert_eq!(p.set_admin("s0", AdminState::Drain), Ok(AdminState::Ready));
+        for _ in 0..4 {
+            assert_eq!(
+                p.pick(0, &[]).map(|s| s.id),
+                Some(1),
+                "no new client for s0"
+            );
+        }
+        assert!(
+            p.set().pick_named("s0").is_some(),
+            "a client stuck to s0 by its cookie stays (HAProxy's drain)"
+        );
+        p.set_admin("s0", AdminState::Maint).expect("s0");
+        assert!(
+            p.set().pick_named("s0").is_none(),
+            "maint: not even sticky clients"
+        );
+        p.set_admin("s0", AdminState::Ready).expect("s0");
+        let picks: Vec<_> = (0..2)
+            .filter_map(|_| p.pick(0, &[]).map(|s| s.id))
+            .collect();
+        assert!(picks.contains(&0), "ready again: {picks:?}");
+        let err = p.set_admin("s9", AdminState::Drain).expect_err("no s9");
+        assert_eq!(
+            err.to_string(),
+            "pool t has no server `s9` (it has: s0, s1)"
+        );
+    }
+
+    #[test]
+    fn an_update_keeps_the_servers_it_still_has_and_their_state() {
+        let p = pool(2);
+        let s0 = p.servers()[0].clone();
+        s0.mark_down("test");
+        let _busy = s0.begin();
+        let a = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let opts = PoolOptions {
+            weights: vec![("s0".into(), 3)],
+            ..PoolOptions::default()
+        };
+        // s0 stays where it was, s1 moves to another port, s2 is new.
+        let changes = p.update(
+            &[
+                ("s0".into(), a(1000)),
+                ("s1".into(), a(2001)),
+                ("s2".into(), a(2002)),
+            ],
+            opts,
+        );
+        assert_eq!(
+            changes,
+            [
+                "s0: weight 1 -> 3",
+                "s1: added at 127.0.0.1:2001",
+                "s2: added at 127.0.0.1:2002"
+            ]
+        );
+        let now = p.servers();
+        assert!(
+            Arc::ptr_eq(&now[0], &s0),
+            "the same s0: its connections and state"
+        );
+        assert!(!now[0].is_healthy() && now[0].active() == 1 && now[0].weight() == 3);
+        assert_ne!(now[1].id, 1, "a moved server is a new one");
+        assert!(
+            now[1].is_healthy(),
+            "without health checks running, new servers start up"
+        );
+        let changes = p.update(&[("s2".into(), a(2002))], PoolOptions::default());
+        assert_eq!(changes, ["s0: removed", "s1: removed"]);
+        assert!(s0.retired.load(Ordering::Relaxed), "its health checks stop");
+        assert_eq!(p.pick(0, &[]).map(|s| s.name.clone()), Some("s2".into()));
+    }
+
+    #[test]
+    fn checks_come_four_times_as_often_while_a_state_changes() {
+        let check = HealthCheck {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(100),
+            rise: 2,
+            fall: 3,
+            kind: CheckKind::Tcp,
+        };
+        let mut t = RiseFall::new(2, 3, true);
+        assert_eq!(check.next_in(t.changing()), Duration::from_millis(200));
+        t.observe(false);
+        assert_eq!(
+            check.next_in(t.changing()),
+            Duration::from_millis(50),
+            "a first failure: the next check comes sooner"
+        );
+        t.observe(false);
+        t.observe(false);
+        assert!(!t.healthy);
+        assert_eq!(
+            check.next_in(t.changing()),
+            Duration::from_millis(200),
+            "settled: down"
+        );
     }
 
     #[test]

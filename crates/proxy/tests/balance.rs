@@ -215,10 +215,11 @@ async fn a_server_at_its_limit_queues_then_503s() {
 async fn a_cookie_pins_a_client_and_moves_it_when_its_server_dies() {
     let (a, seen_a, ka) = backend("a", 200).await;
     let (b, seen_b, kb) = backend("b", 200).await;
-    let (addr, _) = front(&[("a", a), ("b", b)], PoolOptions::default(), |o| {
-        o.sticky_cookie = Some("SERVERID".into());
-    })
-    .await;
+    let sticky = PoolOptions {
+        sticky_cookie: Some("SERVERID".into()),
+        ..PoolOptions::default()
+    };
+    let (addr, _) = front(&[("a", a), ("b", b)], sticky, |_| {}).await;
     let first = get(addr, "/", None).await;
     let home = first.body.clone();
     assert!(

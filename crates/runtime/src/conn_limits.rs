@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -20,8 +21,9 @@ struct ReasonLabels {
 /// The limits and the open connections they count.
 #[derive(Debug)]
 pub struct ConnLimits {
-    max_total: u32,
-    max_per_client: u32,
+    /// 0: no limit. Changed by a reload ([`ConnLimits::set`]).
+    max_total: AtomicU32,
+    max_per_client: AtomicU32,
     open: Mutex<Open>,
     refused: Family<ReasonLabels, Counter>,
     open_gauge: Gauge,
@@ -36,13 +38,23 @@ struct Open {
 /// One admitted connection; dropping it frees its place.
 #[derive(Debug)]
 pub struct Admitted {
-    limits: Arc<ConnLimits>,
+    /// `None` when no limit was set as it opened: it was not counted.
+    limits: Option<Arc<ConnLimits>>,
     client: IpAddr,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(limits) = self.limits.take() else {
+            return;
+        };
+        self.release(&limits);
+    }
+}
+
+impl Admitted {
+    fn release(&self, limits: &ConnLimits) {
+        let mut open = limits.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total = open.total.saturating_sub(1);
         if let Some(n) = open.per_client.get_mut(&self.client) {
             *n -= 1;
@@ -50,7 +62,7 @@ impl Drop for Admitted {
                 open.per_client.remove(&self.client);
             }
         }
-        self.limits.open_gauge.dec();
+        limits.open_gauge.dec();
     }
 }
 
@@ -59,8 +71,8 @@ impl ConnLimits {
     /// counters go into `registry`.
     pub fn new(max_total: u32, max_per_client: u32, registry: &mut Registry) -> Arc<ConnLimits> {
         let limits = ConnLimits {
-            max_total,
-            max_per_client,
+            max_total: AtomicU32::new(max_total),
+            max_per_client: AtomicU32::new(max_per_client),
             open: Mutex::default(),
             refused: Family::default(),
             open_gauge: Gauge::default(),
@@ -78,13 +90,29 @@ impl ConnLimits {
         Arc::new(limits)
     }
 
+    /// Sets new limits (a reload); connections open now count against them when
+    /// they were opened under a limit.
+    pub fn set(&self, max_total: u32, max_per_client: u32) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_client.store(max_per_client, Ordering::Relaxed);
+    }
+
     /// Admits a connection from `client`, or `Err` with the limit it is over.
     pub fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, &'static str> {
+        let max_total = self.max_total.load(Ordering::Relaxed);
+        let max_per_client = self.max_per_client.load(Ordering::Relaxed);
+        if max_total == 0 && max_per_client == 0 {
+            // No limit: nothing to count.
+            return Ok(Admitted {
+                limits: None,
+                client,
+            });
+        }
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let reason = if self.max_total > 0 && open.total >= self.max_total {
+        let reason = if max_total > 0 && open.total >= max_total {
             Some("max_conn")
-        } else if self.max_per_client > 0
-            && open.per_client.get(&client).copied().unwrap_or(0) >= self.max_per_client
+        } else if max_per_client > 0
+            && open.per_client.get(&client).copied().unwrap_or(0) >= max_per_client
         {
             Some("max_conn_per_client")
         } else {
@@ -100,7 +128,7 @@ impl ConnLimits {
         drop(open);
         self.open_gauge.inc();
         Ok(Admitted {
-            limits: self.clone(),
+            limits: Some(self.clone()),
             client,
         })
     }

@@ -40,8 +40,8 @@ struct ReasonLabels {
 /// The front door's settings and counters, shared by a node's listeners.
 #[derive(Debug)]
 pub struct FrontDoor {
-    limits: HeadLimits,
-    head_timeout: Duration,
+    /// The limits and the head timeout; a reload changes them for new connections.
+    limits: Mutex<(HeadLimits, Duration)>,
     refused: Family<ReasonLabels, Counter>,
     /// When the log last spoke, and how many refusals it left out since.
     log: Mutex<(Option<Instant>, u64)>,
@@ -58,8 +58,7 @@ impl FrontDoor {
     /// `head_timeout` of its first byte.
     pub fn new(limits: HeadLimits, head_timeout: Duration) -> FrontDoor {
         FrontDoor {
-            limits,
-            head_timeout,
+            limits: Mutex::new((limits, head_timeout)),
             refused: Family::default(),
             log: Mutex::new((None, 0)),
         }
@@ -93,7 +92,18 @@ impl FrontDoor {
 
     /// How long a request head may take.
     pub fn head_timeout(&self) -> Duration {
-        self.head_timeout
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// New limits for the connections opened from now on (a reload).
+    pub fn set(&self, http: &hastack_config::HttpSettings) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = (
+            HeadLimits {
+                max_line: http.max_header_line,
+                max_headers: http.max_headers,
+            },
+            http.head_timeout,
+        );
     }
 
     /// Puts `io` behind the front door; the guard goes to the connection's service.
@@ -105,11 +115,12 @@ impl FrontDoor {
         let guard = Arc::new(ConnGuard::default());
         let door = self.clone();
         let on_refuse = Box::new(move |r: Refusal| door.note(r, peer));
+        let (limits, head_timeout) = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
         (
             Guarded::new(
                 io,
-                Scanner::new(self.limits),
-                self.head_timeout,
+                Scanner::new(limits),
+                head_timeout,
                 guard.clone(),
                 on_refuse,
             ),
