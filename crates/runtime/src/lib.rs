@@ -293,7 +293,10 @@ where
 {
     service_fn(move |req| {
         let refusal = guard.as_ref().and_then(|g| g.refusal_for_next());
-        let fut = refusal.is_none().then(|| handler(req, peer));
+        // Boxed: a proxying handler's future is kilobytes, and hyper moves the
+        // service's future into its dispatcher; moving a pointer instead of the
+        // future saved ~5% of the lb's CPU per request (perf: memmove in recv_msg).
+        let fut = refusal.is_none().then(|| Box::pin(handler(req, peer)));
         async move {
             Ok::<_, Infallible>(match (fut, refusal) {
                 (Some(fut), _) => fut.await.map(http_body_util::Either::Left),
