@@ -38,33 +38,9 @@ for bin in haproxy nginx wrk curl bc; do
 done
 HASTACK=${HASTACK:-$PWD/target/release/hastack}
 [ -x "$HASTACK" ] || cargo build --release -p hastack
-W=$(mktemp -d /tmp/hslb.XXXXXX)
-chmod 755 "$W"   # nginx workers run as www-data when started by root
-pids=()
-cleanup() {
-  set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null
-  done
-  [ -n "${KEEP:-}" ] && echo "bench: work directory kept: $W" >&2 || rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-HZ=$(getconf CLK_TCK)
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+. bench/lib.sh
+bench_dir hslb
 rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
-until_ok() {
-  local limit=$1 what=$2; shift 2
-  local end=$(( $(date +%s) + limit ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$end" ] || { echo "bench: gave up after ${limit}s waiting for $what" >&2; exit 1; }
-    sleep 0.1
-  done
-}
-has() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
 
 NET=127.0.93
 BACKEND_PORT=33081; HTTP_PORT=33080; ADMIN_PORT=33090
@@ -273,11 +249,4 @@ awk -v dur="$DUR" '
 
 echo
 echo "warnings/errors in the logs:"
-found=
-for f in "$W"/lb1.log "$W"/haproxy.log "$W"/nginx.err; do
-  [ -f "$f" ] || continue
-  msgs=$(grep -E '^[^ ]+ +(WARN|ERROR) |panicked|\[(WARNING|ALERT)\]|\[(error|crit|alert)\]' "$f" \
-    | sed -E 's/^[0-9T:.\/ -]+Z? +//; s/\(pid [0-9]+\)//' | sort | uniq -c | sort -rn | head -5 || true)
-  [ -z "$msgs" ] || { found=1; echo "$msgs" | sed "s|^|  ${f#"$W"/}: |"; }
-done
-[ -n "$found" ] || echo "  none"
+log_warnings "$W"/lb1.log "$W"/haproxy.log "$W"/nginx.err

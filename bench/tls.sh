@@ -64,33 +64,8 @@ done
 HASTACK=${HASTACK:-$PWD/target/release/hastack}
 [ -x "$HASTACK" ] || cargo build --release -p hastack
 SITE_DIR=$PWD/site
-W=$(mktemp -d /tmp/hstls.XXXXXX)
-chmod 755 "$W"   # nginx workers run as www-data when started by root
-pids=()
-cleanup() {
-  set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null
-  done
-  [ -n "${KEEP:-}" ] && echo "bench: work directory kept: $W" >&2 || rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-HZ=$(getconf CLK_TCK)
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
-# until_ok SECONDS WHAT CMD...: runs CMD until it succeeds; fails the bench after SECONDS.
-until_ok() {
-  local limit=$1 what=$2; shift 2
-  local end=$(( $(date +%s) + limit ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$end" ] || { echo "bench: gave up after ${limit}s waiting for $what" >&2; exit 1; }
-    sleep 0.1
-  done
-}
-has() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
+. bench/lib.sh
+bench_dir hstls
 
 RESULTS=$W/results   # row proxy round requests cpu_seconds
 : > "$RESULTS"
@@ -448,11 +423,4 @@ awk -v dur="$DUR" '
 # Anything hastack or HAProxy logged above INFO: each distinct message once, with its count.
 echo
 echo "warnings/errors in the logs:"
-found=
-for f in "$W"/lb1.log "$W"/haproxy.log "$W"/stack.*/logs/*.log; do
-  [ -f "$f" ] || continue
-  msgs=$(grep -E '^[^ ]+ +(WARN|ERROR) |panicked|\[(WARNING|ALERT)\]' "$f" \
-    | sed -E 's/^[0-9T:.-]+Z +//; s/\(pid [0-9]+\)//' | sort | uniq -c | sort -rn | head -5 || true)
-  [ -z "$msgs" ] || { found=1; echo "$msgs" | sed "s|^|  ${f#"$W"/}: |"; }
-done
-[ -n "$found" ] || echo "  none"
+log_warnings "$W"/lb1.log "$W"/haproxy.log "$W"/stack.*/logs/*.log

@@ -277,7 +277,8 @@ const TRACK_EVERY: Duration = Duration::from_millis(100);
 /// The lb's own health: at least one web node in its pool gets traffic (an empty pool
 /// tracks nothing).
 fn own_health(pool: &Pool) -> Health {
-    let servers = pool.servers();
+    let set = pool.set();
+    let servers = set.servers();
     if servers.is_empty() || servers.iter().any(|s| s.is_healthy()) {
         None
     } else {

@@ -718,20 +718,24 @@ impl Pool {
     /// Like [`Pool::pick`], but when every server that may take the request is at its
     /// connection limit, waits in the queue for a slot, up to the queue timeout.
     pub async fn pick_queued(&self, key: u64, exclude: &[u64]) -> Result<Arc<Server>, NoServer> {
-        let set = self.set.load_full();
-        if let Some(s) = set.pick(key, exclude) {
-            return Ok(s.clone());
-        }
-        let limited = set.opts.max_conn > 0
-            && set
-                .servers
-                .iter()
-                .any(|s| s.open_to_new() && !exclude.contains(&s.id));
-        if !limited {
-            return Err(NoServer::Down);
-        }
+        // A guard, not a counted reference: the common case returns at once.
+        let queue_timeout = {
+            let set = self.set.load();
+            if let Some(s) = set.pick(key, exclude) {
+                return Ok(s.clone());
+            }
+            let limited = set.opts.max_conn > 0
+                && set
+                    .servers
+                    .iter()
+                    .any(|s| s.open_to_new() && !exclude.contains(&s.id));
+            if !limited {
+                return Err(NoServer::Down);
+            }
+            set.opts.queue_timeout
+        };
         self.queued.inc();
-        let deadline = Instant::now() + set.opts.queue_timeout;
+        let deadline = Instant::now() + queue_timeout;
         let outcome = loop {
             let freed = self.freed.notified();
             if let Some(s) = self.pick(key, exclude) {
@@ -976,18 +980,9 @@ impl HealthCheck {
 
 /// A TCP health check: the connection (and TLS handshake) opens.
 async fn connects(server: &Server) -> Result<(), ProbeError> {
-    crate::conn::dial_raw(server.addr, server.tls.as_ref())
-        .await
-        .map_err(|e| {
-            if e.local {
-                ProbeError::Local(e.why)
-            } else {
-                ProbeError::Server(e.why)
-            }
-        })
+    Ok(crate::conn::dial_raw(server.addr, server.tls.as_ref()).await?)
 }
 
-/// One health check of `server` on `conn` (opened, or opened again, as needed).
 /// Why a health check failed: the server, or this host (no verdict on the server).
 #[derive(Debug)]
 enum ProbeError {
@@ -1003,6 +998,16 @@ impl From<String> for ProbeError {
     }
 }
 
+impl From<crate::conn::DialError> for ProbeError {
+    fn from(e: crate::conn::DialError) -> ProbeError {
+        if e.local {
+            ProbeError::Local(e.why)
+        } else {
+            ProbeError::Server(e.why)
+        }
+    }
+}
+
 impl std::fmt::Display for ProbeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -1012,21 +1017,14 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
+/// One HTTP health check of `server` on `conn` (opened, or opened again, as needed).
 async fn probe(
     server: &Server,
     conn: &mut Option<SendRequest<Empty<Bytes>>>,
 ) -> Result<(), ProbeError> {
     let mut sender = match conn.take() {
         Some(s) if !s.is_closed() => s,
-        _ => crate::conn::dial(server.addr, server.tls.as_ref())
-            .await
-            .map_err(|e| {
-                if e.local {
-                    ProbeError::Local(e.why)
-                } else {
-                    ProbeError::Server(e.why)
-                }
-            })?,
+        _ => crate::conn::dial(server.addr, server.tls.as_ref()).await?,
     };
     sender.ready().await.map_err(|e| e.to_string())?;
     let req = hyper::Request::get("/healthz")
