@@ -302,6 +302,15 @@ pub struct HttpSettings {
     pub max_headers: usize,
     /// A head must be complete this long after its first byte (408 after).
     pub head_timeout: Duration,
+    /// A client that takes nothing of its answer for this long is cut off.
+    pub write_timeout: Duration,
+    /// Largest request body in bytes (413 above).
+    pub max_body: usize,
+    /// A request body must be complete this long after its head (408 after).
+    pub body_timeout: Duration,
+    /// Bytes of request bodies held in memory at once, all requests together, so that
+    /// an idempotent request can be sent again; a body that does not fit streams.
+    pub body_buffer: usize,
 }
 
 /// Where the lbs decrypt the site's HTTPS.

@@ -88,6 +88,11 @@ max_conn = 0               # open connections in all (0: no limit)
 max_header_line = 8192     # bytes in one header line: 431 above (414 for the request line)
 max_headers = 100          # header lines in one request: 431 above (at most 128)
 head_timeout_ms = 10000    # a request head must be whole this long after its first byte: 408
+write_timeout_ms = 30000   # a client that reads nothing of its answer this long is cut off
+max_body = 8388608         # bytes in one request body: 413 above
+body_timeout_ms = 30000    # a request body must be whole this long after its head: 408
+body_buffer = 67108864     # bytes of request bodies held in memory, all requests together, so
+                           # an idempotent request can be re-sent; the others stream through
 
 [web]
 # root = "site"            # serve this directory instead of the built-in site
@@ -411,6 +416,10 @@ struct RawHttp {
     max_header_line: Spanned<u64>,
     max_headers: Spanned<u64>,
     head_timeout_ms: Spanned<u64>,
+    write_timeout_ms: Spanned<u64>,
+    max_body: Spanned<u64>,
+    body_timeout_ms: Spanned<u64>,
+    body_buffer: Spanned<u64>,
 }
 
 impl Default for RawHttp {
@@ -419,6 +428,10 @@ impl Default for RawHttp {
             max_header_line: Spanned::new(0..0, 8192),
             max_headers: Spanned::new(0..0, 100),
             head_timeout_ms: Spanned::new(0..0, 10_000),
+            write_timeout_ms: Spanned::new(0..0, 30_000),
+            max_body: Spanned::new(0..0, 8 << 20),
+            body_timeout_ms: Spanned::new(0..0, 30_000),
+            body_buffer: Spanned::new(0..0, 64 << 20),
         }
     }
 }
@@ -803,6 +816,24 @@ pub(crate) fn validate(
     let lb = lb_settings(&raw.lb, &mut c);
     let hp = &raw.http;
     c.positive(&hp.head_timeout_ms, "http.head_timeout_ms");
+    c.positive(&hp.write_timeout_ms, "http.write_timeout_ms");
+    c.positive(&hp.body_timeout_ms, "http.body_timeout_ms");
+    let max_body = *hp.max_body.get_ref();
+    if max_body > 1 << 30 {
+        c.error(
+            &hp.max_body,
+            format!("http.max_body must be at most 1 GiB (1073741824), found {max_body}"),
+            "bodies that large belong in an object store; 8388608 (8 MiB) suits most sites",
+        );
+    }
+    let buffer = *hp.body_buffer.get_ref();
+    if buffer > 16 << 30 {
+        c.error(
+            &hp.body_buffer,
+            format!("http.body_buffer must be at most 16 GiB, found {buffer}"),
+            "a few times max_body is plenty: bodies that do not fit stream through",
+        );
+    }
     let line = *hp.max_header_line.get_ref();
     if !(256..=65536).contains(&line) {
         c.error(
@@ -1109,6 +1140,10 @@ pub(crate) fn validate(
             max_header_line: *hp.max_header_line.get_ref() as usize,
             max_headers: *hp.max_headers.get_ref() as usize,
             head_timeout: Duration::from_millis(*hp.head_timeout_ms.get_ref()),
+            write_timeout: Duration::from_millis(*hp.write_timeout_ms.get_ref()),
+            max_body: max_body as usize,
+            body_timeout: Duration::from_millis(*hp.body_timeout_ms.get_ref()),
+            body_buffer: buffer as usize,
         },
         web: WebSettings {
             root: raw.web.root.map(PathBuf::from),

@@ -649,4 +649,26 @@ fn front_door_limits_are_bounded() {
         line_of(&text, "max_headers = 500"),
         "http.max_headers must be 1..=128, found 500",
     );
+    let text = edited("max_body = 8388608", "max_body = 2000000000");
+    one_error_at(
+        &text,
+        line_of(&text, "max_body = 2000000000"),
+        "http.max_body must be at most 1 GiB (1073741824), found 2000000000",
+    );
+    let text = edited("write_timeout_ms = 30000", "write_timeout_ms = 0");
+    one_error_at(
+        &text,
+        line_of(&text, "write_timeout_ms = 0"),
+        "http.write_timeout_ms must be greater than zero, found 0",
+    );
+}
+
+#[test]
+fn body_limits_come_from_the_http_section() {
+    let text = edited("body_buffer = 67108864", "body_buffer = 1024");
+    let t = parse(&text, Path::new("t.toml")).expect("valid");
+    assert_eq!(t.http.body_buffer, 1024);
+    assert_eq!(t.http.max_body, 8 << 20);
+    assert_eq!(t.http.write_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(t.http.body_timeout, std::time::Duration::from_secs(30));
 }

@@ -167,6 +167,7 @@ pub(crate) fn bind(state_dir: &Path, node: &str) -> std::io::Result<UnixListener
 pub(crate) struct Live {
     pub(crate) name: String,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) proxy: Arc<hastack_proxy::Proxy>,
     pub(crate) door: Arc<FrontDoor>,
     pub(crate) limits: Arc<ConnLimits>,
     pub(crate) rate: Arc<RateLimiter>,
@@ -358,6 +359,7 @@ impl Live {
             ));
         }
         self.door.set(&new.http);
+        self.proxy.set_http(&new.http);
         // What needs a restart keeps its running value in what is remembered, so the
         // next reload reports it again until the node restarts.
         let mut kept = new;

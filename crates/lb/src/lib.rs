@@ -343,7 +343,11 @@ pub async fn run_with(
         hastack_proxy::PoolOptions::for_lb(topo),
         &mut registry,
     );
-    let proxy = Proxy::new(ProxyOptions::new(name), pool.clone(), &mut registry);
+    let proxy = Proxy::new(
+        ProxyOptions::new(name).with_http(&topo.http),
+        pool.clone(),
+        &mut registry,
+    );
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
     let limits = hastack_runtime::conn_limits::ConnLimits::new(
         topo.lb.max_conn,
@@ -451,6 +455,7 @@ pub async fn run_with(
     let live = Arc::new(control::Live {
         name: name.to_string(),
         pool: pool.clone(),
+        proxy: proxy.clone(),
         door: door.clone(),
         limits: limits.clone(),
         rate: rate.clone(),

@@ -17,16 +17,22 @@ use tokio::time::{Instant, Sleep};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-type Sender = SendRequest<Full<Bytes>>;
+use crate::body::RequestBody;
+
+type Sender = SendRequest<RequestBody>;
 
 /// Most idle connections kept per server.
 const MAX_IDLE: usize = 256;
+
+/// Most connections being opened to one server at once. A burst that finds no idle
+/// connection waits for a slot (within the connect timeout) instead of sending the
+/// server a SYN per request; a connection freed meanwhile is taken instead.
+pub const MAX_DIALING: usize = 64;
 
 /// An idle connection older than this is not reused. Servers close idle keep-alive
 /// connections after a while (hastack's own after 10 s, see `hastack_runtime`); a
@@ -49,14 +55,25 @@ pub(crate) struct SendFailure {
     /// What happened.
     pub(crate) why: String,
     /// The request, when it was not written to any connection.
-    pub(crate) request: Option<Request<Full<Bytes>>>,
+    pub(crate) request: Option<Request<RequestBody>>,
 }
 
 /// The idle connections of one server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Connections {
     /// Newest last; each with the moment it went idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Slots for connections being opened ([`MAX_DIALING`]).
+    dialing: tokio::sync::Semaphore,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            idle: Mutex::default(),
+            dialing: tokio::sync::Semaphore::new(MAX_DIALING),
+        }
+    }
 }
 
 impl Connections {
@@ -90,27 +107,32 @@ impl Connections {
         self: &Arc<Self>,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
-        mut req: Request<Full<Bytes>>,
+        mut req: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<PooledBody>, SendFailure> {
-        // Idle connections first; one that turns out closed hands the request back.
-        while let Some(mut sender) = self.pop() {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => {
-                        return Err(SendFailure {
-                            connect: false,
-                            local: false,
-                            why: e.into_error().to_string(),
-                            request: None,
-                        });
-                    }
-                },
-            }
-        }
-        let mut sender = match tokio::time::timeout(connect_timeout, dial(addr, tls)).await {
+        req = match self.send_idle(req).await? {
+            Ok(resp) => return Ok(resp),
+            Err(req) => req,
+        };
+        let deadline = Instant::now() + connect_timeout;
+        // A slot to dial in. Waiting for one is this host's doing, not the server's.
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.dialing.acquire()).await else {
+            return Err(SendFailure {
+                connect: true,
+                local: true,
+                why: format!(
+                    "{MAX_DIALING} connections to {addr} were being opened for {connect_timeout:?}"
+                ),
+                request: Some(req),
+            });
+        };
+        // A connection that came back meanwhile goes first.
+        let dialed = match self.pop() {
+            Some(sender) => Ok(Ok(sender)),
+            None => tokio::time::timeout_at(deadline, dial(addr, tls)).await,
+        };
+        drop(slot);
+        let mut sender = match dialed {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(SendFailure {
@@ -141,6 +163,32 @@ impl Connections {
                 })
             }
         }
+    }
+
+    /// Sends `req` on an idle connection: the response, or the request back when no
+    /// idle connection could take it. One that turns out closed hands the request back.
+    #[allow(clippy::type_complexity)]
+    async fn send_idle(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<Result<Response<PooledBody>, Request<RequestBody>>, SendFailure> {
+        while let Some(mut sender) = self.pop() {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(Ok(self.wrap(resp, sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err(SendFailure {
+                            connect: false,
+                            local: false,
+                            why: e.into_error().to_string(),
+                            request: None,
+                        });
+                    }
+                },
+            }
+        }
+        Ok(Err(req))
     }
 
     fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: Sender) -> Response<PooledBody> {

@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +26,7 @@ use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
 use crate::balance::{Balance, HashOn, hash};
+use crate::body::{BodyRules, RequestBody};
 use crate::conn::PooledBody;
 use crate::pool::{NoServer, Pool};
 
@@ -54,6 +56,8 @@ pub struct ProxyOptions {
     pub connect_timeout: Duration,
     /// Longest wait for a client's whole request body (408 after).
     pub request_body_timeout: Duration,
+    /// Bytes of request bodies held in memory for retries, all requests together.
+    pub body_buffer: usize,
 }
 
 impl ProxyOptions {
@@ -67,7 +71,16 @@ impl ProxyOptions {
             response_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             request_body_timeout: Duration::from_secs(30),
+            body_buffer: 64 << 20,
         }
+    }
+
+    /// These options with the body limits of the topology's `[http]` section.
+    pub fn with_http(mut self, http: &hastack_config::HttpSettings) -> ProxyOptions {
+        self.max_body = http.max_body;
+        self.request_body_timeout = http.body_timeout;
+        self.body_buffer = http.body_buffer;
+        self
     }
 }
 
@@ -83,6 +96,8 @@ pub struct Proxy {
     served_by: HeaderValue,
     pool: Arc<Pool>,
     responses: [Counter; 6],
+    /// What request bodies may be; a reload replaces them.
+    body: ArcSwap<BodyRules>,
 }
 
 /// Whether the method may be sent twice (RFC 9110 §9.2.2).
@@ -158,12 +173,28 @@ impl Proxy {
             .map(|code| family.get_or_create(&ClassLabels { code }).clone());
         let served_by = HeaderValue::from_str(&opts.node_name)
             .unwrap_or_else(|_| HeaderValue::from_static("hastack"));
+        let body = ArcSwap::from_pointee(BodyRules::new(
+            opts.max_body,
+            opts.request_body_timeout,
+            opts.body_buffer,
+        ));
         Arc::new(Proxy {
             opts,
             served_by,
             pool,
             responses,
+            body,
         })
+    }
+
+    /// New body limits from `[http]` for the requests from now on (a reload). Bodies
+    /// held under the old budget return their bytes to it, not to the new one.
+    pub fn set_http(&self, http: &hastack_config::HttpSettings) {
+        self.body.store(Arc::new(BodyRules::new(
+            http.max_body,
+            http.body_timeout,
+            http.body_buffer,
+        )));
     }
 
     /// The pool behind this proxy.
@@ -231,35 +262,18 @@ impl Proxy {
         edge_scheme: Option<&'static str>,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
-        // Most requests have no body: skip the collecting machinery for them.
-        let body = if hyper::body::Body::is_end_stream(&body) {
-            Bytes::new()
-        } else {
-            let collect = Limited::new(body, self.opts.max_body).collect();
-            match tokio::time::timeout(self.opts.request_body_timeout, collect).await {
-                Ok(Ok(b)) => b.to_bytes(),
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return self
-                        .local_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                }
-                Ok(Err(_)) => {
-                    return self.local_response(
-                        StatusCode::BAD_REQUEST,
-                        "could not read the request body",
-                    );
-                }
-                Err(_) => {
-                    return self.local_response(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "the request body did not arrive in time",
-                    );
-                }
-            }
-        };
-        let mut headers = parts.headers;
         // The servers and balancing options in force for this request, even if a
         // reload replaces them meanwhile.
         let set = self.pool.set();
+        let may_repeat = idempotent(&parts.method);
+        // An idempotent request may be sent again after a broken exchange, so its body
+        // is held while there is another server to send it to.
+        let may_retry = may_repeat && set.servers().len() > 1;
+        let body = match crate::body::prepare(body, may_retry, &self.body.load()).await {
+            Ok(b) => b,
+            Err(fault) => return self.local_response(fault.status(), fault.text()),
+        };
+        let mut headers = parts.headers;
         let key = match set.options().algorithm {
             Balance::Hash => hash_key(&set.options().hash_key, &headers, &parts.uri, peer),
             _ => 0,
@@ -302,16 +316,13 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(body.body);
         *request.method_mut() = parts.method;
         *request.uri_mut() = http::Uri::from(path_and_query);
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
-        let may_repeat = idempotent(request.method());
-        // An idempotent request may be sent again after a broken exchange, so keep a
-        // copy while there is another server to send it to.
-        let keep_copy = may_repeat && set.servers().len() > 1;
-        let spare = keep_copy.then(|| copy_request(&request));
+        // A held body is kept for a second attempt; a streamed one cannot be.
+        let spare = may_retry.then(|| copy_request(&request)).flatten();
         let mut next = Some(request);
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = String::from("no healthy server");
@@ -347,7 +358,10 @@ impl Proxy {
                 }
             };
             tried.push(server.id);
-            let Some(request) = next.take().or_else(|| spare.as_ref().map(copy_request)) else {
+            let Some(request) = next
+                .take()
+                .or_else(|| spare.as_ref().and_then(copy_request))
+            else {
                 return self.local_response(StatusCode::BAD_GATEWAY, &last_error);
             };
             server.requests.inc();
@@ -394,6 +408,12 @@ impl Proxy {
                     format!("no response within {:?}", self.opts.response_timeout),
                 ),
             };
+            // A streamed body that broke on the client's side is the client's fault:
+            // it gets the status of it, and the server is not blamed.
+            if let Some(fault) = body.fault.as_ref().and_then(|f| f.get()) {
+                debug!(server = %server.name, error = %why, "the client's request body failed on its way upstream");
+                return self.local_response(fault.status(), fault.text());
+            }
             last_failure = Some(failure);
             if failure != Failure::Local {
                 server.failures.inc();
@@ -478,14 +498,18 @@ fn set_sticky_cookie(headers: &mut HeaderMap, name: &str, server: &str) {
     }
 }
 
-/// A copy of a request for a second attempt (bodies are `Bytes`: copying is cheap).
-fn copy_request(r: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
-    let mut c = Request::new(r.body().clone());
+/// A copy of a request for a second attempt: possible when its body is held (as
+/// `Bytes`, so copying is cheap), not when it streams.
+fn copy_request(r: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let Either::Left(body) = r.body() else {
+        return None;
+    };
+    let mut c = Request::new(Either::Left(body.clone()));
     *c.method_mut() = r.method().clone();
     *c.uri_mut() = r.uri().clone();
     *c.version_mut() = r.version();
     *c.headers_mut() = r.headers().clone();
-    c
+    Some(c)
 }
 
 /// How an attempt at one server failed, and so what may happen next: the failure

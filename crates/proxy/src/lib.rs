@@ -6,12 +6,14 @@
 //! here knows which tier it runs in; the tier passes a pool and [`ProxyOptions`].
 
 pub mod balance;
+mod body;
 mod conn;
 mod forward;
 mod pool;
 
 pub use balance::{Balance, HashOn};
-pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, PooledBody};
+pub use body::{BodyFault, BodyFaultError, BodyRules, RequestBody, Streamed};
+pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, MAX_DIALING, PooledBody};
 pub use forward::{
     Proxy, ProxyBody, ProxyOptions, X_SERVED_BY, prepend_served_by, strip_hop_by_hop,
 };

@@ -20,6 +20,9 @@ use hastack_proxy::{Balance, Pool, PoolOptions, Proxy, ProxyOptions};
 #[derive(Default)]
 struct Seen {
     count: AtomicUsize,
+    /// Request bodies read whole, and their bytes.
+    bodies: AtomicUsize,
+    body_bytes: AtomicUsize,
     /// Client ports seen: one per upstream connection.
     ports: std::sync::Mutex<std::collections::HashSet<u16>>,
     headers: std::sync::Mutex<Vec<(String, String)>>,
@@ -46,7 +49,10 @@ async fn backend(name: &'static str) -> (SocketAddr, Arc<Seen>) {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                         .collect();
-                    let _ = req.into_body().collect().await;
+                    if let Ok(b) = req.into_body().collect().await {
+                        s.bodies.fetch_add(1, Ordering::SeqCst);
+                        s.body_bytes.fetch_add(b.to_bytes().len(), Ordering::SeqCst);
+                    }
                     let mut r = Response::new(Full::new(Bytes::from(name)));
                     r.headers_mut()
                         .insert("x-served-by", name.parse().expect("header"));
@@ -320,7 +326,8 @@ async fn a_request_body_that_never_arrives_gets_408() {
         .expect("read");
     let text = String::from_utf8_lossy(&out[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert_eq!(seen.count.load(Ordering::SeqCst), 0);
+    // A POST streams: its head went on, but no body was ever whole at the server.
+    assert_eq!(seen.bodies.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -365,4 +372,181 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         1,
         "one upstream connection serves every request in turn"
     );
+}
+
+/// A backend that answers `200 ok` once a chunked body has ended, and says (through
+/// `first`) when the bytes `first` of the body reached it.
+async fn streaming_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut seen = Vec::new();
+        let mut tx = Some(tx);
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.contains("first")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(());
+            }
+            if text.ends_with("0\r\n\r\n") {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                break;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_post_body_streams_to_the_server_as_it_arrives() {
+    let (up, first_arrived) = streaming_backend().await;
+    let (front, _) = front(&[("b1", up)], 1 << 20).await;
+    let mut s = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .await
+    .expect("write");
+    // The body is not over, yet its first part is at the server: nothing held it.
+    tokio::time::timeout(Duration::from_secs(5), first_arrived)
+        .await
+        .expect("the first part of the body reached the server before the body ended")
+        .expect("signal");
+    s.write_all(b"4\r\nrest\r\n0\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_gets_413_and_the_server_stays_in() {
+    let (a, seen) = backend("b1").await;
+    let (front, _) = front(&[("b1", a)], 16).await;
+    // Chunked: the length is known only as the body comes, so it streams until the
+    // limit is crossed.
+    let chunk = "x".repeat(100);
+    let r = request(
+        front,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(seen.bodies.load(Ordering::SeqCst), 0, "no body was whole");
+    // The client's fault did not take the only server out.
+    let r = request(front, &get("/")).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "b1"));
+}
+
+#[tokio::test]
+async fn an_idempotent_body_is_held_for_a_retry_only_while_the_budget_has_room() {
+    let first = || PoolOptions {
+        algorithm: Balance::First,
+        ..Default::default()
+    };
+    let put = |body: &str| {
+        format!(
+            "PUT /doc HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let body = "y".repeat(1000);
+    // Room in the budget: the PUT's body is held, so when the first server hangs up
+    // the PUT goes whole to the next.
+    let (hangup, hung) = hangup_backend().await;
+    let (b, seen) = backend("b2").await;
+    let (front, proxy) = front_pool(&[("hangup", hangup), ("b2", b)], first(), |_| {}).await;
+    let r = request(front, &put(&body)).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "b2"));
+    assert_eq!(hung.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.body_bytes.load(Ordering::SeqCst), 1000);
+    drop(proxy);
+    // A budget smaller than the body: the body streams, and what streamed cannot be
+    // sent again, so the hang-up is the client's answer and b2 never sees the PUT.
+    let (hangup, hung) = hangup_backend().await;
+    let (b, seen) = backend("b2").await;
+    let (front, _) = front_pool(&[("hangup", hangup), ("b2", b)], first(), |o| {
+        o.body_buffer = 999
+    })
+    .await;
+    let r = request(front, &put(&body)).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(hung.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.count.load(Ordering::SeqCst), 0);
+}
+
+/// Sockets of this host in SYN_SENT towards `port` (from /proc/net/tcp).
+fn connecting_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f
+                .get(2)
+                .and_then(|a| a.split_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && f.get(3) == Some(&"02")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn connections_being_opened_to_one_server_are_bounded() {
+    // A server whose accept queue is full: new connections hang in SYN_SENT.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    sock.listen(1).expect("listen");
+    let slow = sock.local_addr().expect("addr").as_socket().expect("inet");
+    let (front, _) = front_with(&[("slow", slow)], |o| {
+        o.connect_timeout = Duration::from_secs(3)
+    })
+    .await;
+    let burst = 150;
+    for _ in 0..burst {
+        tokio::spawn(async move {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(front).await {
+                let _ = s.write_all(get("/").as_bytes()).await;
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await;
+            }
+        });
+    }
+    // Every request is in by now, each waiting for a connection to the server.
+    let mut most = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        most = most.max(connecting_to(slow.port()));
+    }
+    assert!(
+        most > 10,
+        "the burst did open connections to the server ({most} seen at once)"
+    );
+    assert!(
+        most <= hastack_proxy::MAX_DIALING,
+        "{most} connections were being opened at once; the bound is {}",
+        hastack_proxy::MAX_DIALING
+    );
+    drop(sock);
 }

@@ -48,16 +48,22 @@ async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
 /// A proxy behind a front door with a 1 KiB line limit, 20 headers and a 1 s head
 /// timeout.
 async fn front(upstream: SocketAddr) -> (SocketAddr, Arc<FrontDoor>) {
-    let mut registry = Registry::default();
-    let pool = Pool::new("t", &[("b".to_string(), upstream)], None, &mut registry);
-    let proxy = Proxy::new(ProxyOptions::new("front"), pool, &mut registry);
-    let door = Arc::new(FrontDoor::new(
+    let door = FrontDoor::new(
         HeadLimits {
             max_line: 1024,
             max_headers: 20,
         },
         Duration::from_secs(1),
-    ));
+    );
+    front_door(upstream, door).await
+}
+
+/// A proxy behind `door`.
+async fn front_door(upstream: SocketAddr, door: FrontDoor) -> (SocketAddr, Arc<FrontDoor>) {
+    let mut registry = Registry::default();
+    let pool = Pool::new("t", &[("b".to_string(), upstream)], None, &mut registry);
+    let proxy = Proxy::new(ProxyOptions::new("front"), pool, &mut registry);
+    let door = Arc::new(door);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = watch::channel(false);
@@ -291,4 +297,88 @@ async fn a_malformed_chunked_body_ends_the_connection() {
         !statuses(&text).contains(&200),
         "nothing is answered as if the body were fine: {text:?}"
     );
+}
+
+/// A response body that never ends (64 KiB frames as fast as they are taken); it says
+/// through `dropped` when the server gives it up.
+struct Endless {
+    dropped: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Endless {
+    fn drop(&mut self) {
+        if let Some(tx) = self.dropped.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 65536] = [b'z'; 65536];
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            &CHUNK,
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
+    // The upstream streams an endless answer and says when it is let go.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up = listener.local_addr().expect("addr");
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = tx;
+        hastack_runtime::serve_http1(
+            listener,
+            move |_req: hyper::Request<hyper::body::Incoming>, _peer| {
+                let d = dropped_tx.clone();
+                async move {
+                    Response::new(Endless {
+                        dropped: d.lock().expect("lock").take(),
+                    })
+                }
+            },
+            rx,
+        )
+        .await;
+    });
+    let door = FrontDoor::default().with_write_timeout(Duration::from_millis(300));
+    let (addr, _door) = front_door(up, door).await;
+    // The client asks, then reads nothing: the proxy's writes to it stall.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the upstream's answer is let go once the client has read nothing for the write timeout")
+        .expect("signal");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "not before the write timeout: {:?}",
+        started.elapsed()
+    );
+    // The client's connection is closed: what it reads now ends.
+    let mut sink = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection was closed");
 }

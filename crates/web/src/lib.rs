@@ -150,7 +150,7 @@ pub async fn run(
         opts,
         &mut registry,
     );
-    let mut opts = ProxyOptions::new(name);
+    let mut opts = ProxyOptions::new(name).with_http(&topo.http);
     opts.trust_forwarded_proto = true;
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
     let static_hits = Counter::default();

@@ -9,7 +9,9 @@
 //! and the answer goes out in order, after those to the requests before it.
 //!
 //! A head that has begun but is not complete within the head timeout is refused with
-//! 408 the same way (slowloris).
+//! 408 the same way (slowloris). A write that waits longer than the write timeout for
+//! the client to read fails, and the connection ends: a client that stops reading
+//! cannot hold the connection, and the upstream exchange behind it, for ever.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +82,9 @@ pub struct Guarded<IO> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Counts and logs each refusal.
     on_refuse: Box<dyn Fn(Refusal) + Send + Sync>,
+    write_timeout: Duration,
+    /// Runs while a write waits for the client to read.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> Guarded<IO> {
@@ -104,7 +109,39 @@ impl<IO> Guarded<IO> {
             head_timeout,
             deadline: None,
             on_refuse,
+            write_timeout: super::WRITE_TIMEOUT,
+            write_stall: None,
         }
+    }
+
+    /// Writes may wait `d` for the client to read, then fail.
+    pub fn with_write_timeout(mut self, d: Duration) -> Self {
+        self.write_timeout = d;
+        self
+    }
+
+    /// Passes on a write's result; a write that has waited longer than the write
+    /// timeout for the client fails instead.
+    fn watch_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stall = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing of its answer for {timeout:?}"),
+            )));
+        }
+        Poll::Pending
     }
 
     fn refuse(&mut self, r: Refusal) {
@@ -231,7 +268,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -239,7 +278,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -247,7 +288,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -6,7 +6,8 @@
 //! question moot.
 //!
 //! [`scan`] is the pure scanner that follows the byte stream; [`io`] is the wrapper
-//! that feeds it and puts a stand-in in place of a refused request; [`FrontDoor`]
+//! that feeds it, puts a stand-in in place of a refused request and cuts off a client
+//! that stops reading its answers; [`FrontDoor`]
 //! holds the limits, counts refusals by reason and logs them, rate-limited.
 //!
 //! HTTP/2 needs none of this: its frames carry their own lengths, and hyper's h2
@@ -37,11 +38,25 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// How long a client may take nothing of its answer before it is cut off, by default
+/// (HAProxy's `timeout client`, nginx's `send_timeout`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a connection is held to.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    limits: HeadLimits,
+    /// A head must be whole this long after its first byte.
+    head_timeout: Duration,
+    /// A write may wait this long for the client to read.
+    write_timeout: Duration,
+}
+
 /// The front door's settings and counters, shared by a node's listeners.
 #[derive(Debug)]
 pub struct FrontDoor {
-    /// The limits and the head timeout; a reload changes them for new connections.
-    limits: Mutex<(HeadLimits, Duration)>,
+    /// What connections are held to; a reload changes it for new connections.
+    settings: Mutex<Settings>,
     refused: Family<ReasonLabels, Counter>,
     /// When the log last spoke, and how many refusals it left out since.
     log: Mutex<(Option<Instant>, u64)>,
@@ -58,7 +73,11 @@ impl FrontDoor {
     /// `head_timeout` of its first byte.
     pub fn new(limits: HeadLimits, head_timeout: Duration) -> FrontDoor {
         FrontDoor {
-            limits: Mutex::new((limits, head_timeout)),
+            settings: Mutex::new(Settings {
+                limits,
+                head_timeout,
+                write_timeout: WRITE_TIMEOUT,
+            }),
             refused: Family::default(),
             log: Mutex::new((None, 0)),
         }
@@ -70,15 +89,19 @@ impl FrontDoor {
         http: &hastack_config::HttpSettings,
         registry: &mut Registry,
     ) -> Arc<FrontDoor> {
-        let door = FrontDoor::new(
-            HeadLimits {
-                max_line: http.max_header_line,
-                max_headers: http.max_headers,
-            },
-            http.head_timeout,
-        );
+        let door = FrontDoor::default();
+        door.set(http);
         door.register(registry);
         Arc::new(door)
+    }
+
+    /// This front door with writes that may wait `d` for the client to read.
+    pub fn with_write_timeout(self, d: Duration) -> FrontDoor {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_timeout = d;
+        self
     }
 
     /// Registers the refusal counter (`hastack_http_refused_total{reason}`).
@@ -92,18 +115,22 @@ impl FrontDoor {
 
     /// How long a request head may take.
     pub fn head_timeout(&self) -> Duration {
-        self.limits.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .head_timeout
     }
 
     /// New limits for the connections opened from now on (a reload).
     pub fn set(&self, http: &hastack_config::HttpSettings) {
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = (
-            HeadLimits {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = Settings {
+            limits: HeadLimits {
                 max_line: http.max_header_line,
                 max_headers: http.max_headers,
             },
-            http.head_timeout,
-        );
+            head_timeout: http.head_timeout,
+            write_timeout: http.write_timeout,
+        };
     }
 
     /// Puts `io` behind the front door; the guard goes to the connection's service.
@@ -115,15 +142,16 @@ impl FrontDoor {
         let guard = Arc::new(ConnGuard::default());
         let door = self.clone();
         let on_refuse = Box::new(move |r: Refusal| door.note(r, peer));
-        let (limits, head_timeout) = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
         (
             Guarded::new(
                 io,
-                Scanner::new(limits),
-                head_timeout,
+                Scanner::new(settings.limits),
+                settings.head_timeout,
                 guard.clone(),
                 on_refuse,
-            ),
+            )
+            .with_write_timeout(settings.write_timeout),
             guard,
         )
     }
