@@ -17,6 +17,7 @@ command -v mariadb-backup >/dev/null 2>&1 || need+=(mariadb-backup)     # hastac
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)          # isolated mode: namespaces
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need+=(nftables)        # isolated mode: firewalls
 command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need+=(keepalived)  # VRRP interop test
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # PROXY protocol interop test
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)          # HTTPS and HTTP/2 tests: a real client
 command -v openssl >/dev/null 2>&1 || need+=(openssl)    # reads the certificate a server shows

@@ -291,6 +291,11 @@ pub struct LbSettings {
     pub max_conn_per_client: u32,
     /// Open connections in all (0: no limit).
     pub max_conn: u32,
+    /// Proxies in front of the lbs: their connections may start with a PROXY v2
+    /// header, and their `X-Forwarded-For`/`-Proto` are believed.
+    pub front_proxies: Vec<ipnet::IpNet>,
+    /// Connections to web nodes start with a PROXY v2 header naming the client.
+    pub send_proxy: bool,
 }
 
 /// The front door of the lb and web listeners: what an HTTP/1.1 request head may be.

@@ -82,6 +82,12 @@ rate_limit = 0             # requests per second per client IP (0: no limit); 42
 rate_burst = 0             # requests a client may send at once above the rate (0: one second's)
 max_conn_per_client = 0    # open connections per client IP (0: no limit)
 max_conn = 0               # open connections in all (0: no limit)
+front_proxies = []         # proxies in front of the lbs, e.g. ["10.0.0.0/8"]: their connections
+                           # may start with a PROXY v2 header (its client is then the client),
+                           # and their X-Forwarded-For and X-Forwarded-Proto are kept
+send_proxy = false         # open each connection to a web node with a PROXY v2 header naming
+                           # the client (the web nodes then require one); such connections
+                           # are reused only for the same client connection
 # A web node's weight: `weight = N` (0..=256, default 1) in its [[node]].
 
 [http]                     # the front door of the lb and web listeners (HTTP/1.1)
@@ -355,6 +361,22 @@ fn lb_settings(raw: &RawLb, c: &mut Checker) -> LbSettings {
     }
     c.positive(&raw.queue_timeout_ms, "lb.queue_timeout_ms");
     c.positive(&raw.eject_ms, "lb.eject_ms");
+    let mut front_proxies = Vec::new();
+    for p in &raw.front_proxies {
+        let text = p.get_ref().trim();
+        // A bare address is a network of one.
+        let net = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => front_proxies.push(n.trunc()),
+            Err(_) => c.error(
+                p,
+                format!("lb.front_proxies has \"{text}\", which is not an address or network"),
+                "write an address (\"10.0.0.5\") or a network (\"10.0.0.0/8\", \"fd00::/8\")",
+            ),
+        }
+    }
     LbSettings {
         balance,
         hash_key,
@@ -369,6 +391,8 @@ fn lb_settings(raw: &RawLb, c: &mut Checker) -> LbSettings {
         rate_burst: raw.rate_burst,
         max_conn_per_client: raw.max_conn_per_client,
         max_conn: raw.max_conn,
+        front_proxies,
+        send_proxy: raw.send_proxy,
     }
 }
 
@@ -388,6 +412,8 @@ struct RawLb {
     rate_burst: u32,
     max_conn_per_client: u32,
     max_conn: u32,
+    front_proxies: Vec<Spanned<String>>,
+    send_proxy: bool,
 }
 
 impl Default for RawLb {
@@ -406,6 +432,8 @@ impl Default for RawLb {
             rate_burst: 0,
             max_conn_per_client: 0,
             max_conn: 0,
+            front_proxies: Vec::new(),
+            send_proxy: false,
         }
     }
 }

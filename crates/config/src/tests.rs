@@ -672,3 +672,20 @@ fn body_limits_come_from_the_http_section() {
     assert_eq!(t.http.write_timeout, std::time::Duration::from_secs(30));
     assert_eq!(t.http.body_timeout, std::time::Duration::from_secs(30));
 }
+
+#[test]
+fn front_proxies_are_addresses_or_networks() {
+    let text = edited(
+        "front_proxies = []",
+        r#"front_proxies = ["10.0.0.0/8", "192.0.2.7", "fd00::/8"]"#,
+    );
+    let t = parse(&text, Path::new("t.toml")).expect("valid");
+    let nets: Vec<String> = t.lb.front_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]);
+    let text = edited("front_proxies = []", r#"front_proxies = ["10.0.0.0/40"]"#);
+    one_error_at(
+        &text,
+        line_of(&text, "front_proxies = ["),
+        "lb.front_proxies has \"10.0.0.0/40\", which is not an address or network",
+    );
+}

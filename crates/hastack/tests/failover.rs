@@ -288,3 +288,40 @@ fn the_lb_limits_each_clients_rate_and_connections() {
     );
     assert!(limited.iter().all(|r| r.header("retry-after") == Some("1")));
 }
+
+#[test]
+fn the_lb_speaks_the_proxy_protocol_to_the_web_nodes_and_from_a_front_proxy() {
+    // The lbs open every connection to a web node with a PROXY v2 header (LOCAL for
+    // their health checks), and the web nodes require one; 127.0.0.1 is a proxy in
+    // front of the lbs (so is every loopback address).
+    let stack = Stack::up_edited(Options { sqlite: true }, |t| {
+        format!("{t}\n[lb]\nsend_proxy = true\nfront_proxies = [\"127.0.0.0/8\"]\n")
+    });
+    // Both web nodes pass their checks and serve.
+    let mut webs = std::collections::BTreeSet::new();
+    eventually("both web nodes to serve", Duration::from_secs(15), || {
+        let path = served_by(&stack)?;
+        webs.extend(
+            path.split(", ")
+                .filter(|n| n.starts_with("web"))
+                .map(str::to_owned),
+        );
+        (webs.len() == 2).then_some(())
+    });
+    // A front proxy's connection starting with a PROXY header is served.
+    let header = hastack_runtime::proxy_protocol::encode(
+        "203.0.113.9:4000".parse().expect("addr"),
+        stack.vip(),
+    );
+    let mut s = std::net::TcpStream::connect(stack.vip()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut raw = header;
+    raw.extend_from_slice(
+        b"GET /api/posts HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n",
+    );
+    std::io::Write::write_all(&mut s, &raw).expect("write");
+    let mut out = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

@@ -326,6 +326,16 @@ impl Live {
             format!("{:?}", running.health),
             format!("{:?}", new.health),
         );
+        differs(
+            "lb.front_proxies",
+            format!("{:?}", running.lb.front_proxies),
+            format!("{:?}", new.lb.front_proxies),
+        );
+        differs(
+            "lb.send_proxy",
+            running.lb.send_proxy.to_string(),
+            new.lb.send_proxy.to_string(),
+        );
         let lbs = |t: &Topology| {
             t.tier(Role::Lb)
                 .map(|n| format!("{}={}", n.name, n.address))
@@ -334,9 +344,12 @@ impl Live {
         };
         differs("the lb nodes", lbs(&running), lbs(&new));
 
-        let mut changes = self
-            .pool
-            .update(&new.endpoints(Role::Web), PoolOptions::for_lb(&new));
+        // The web nodes expect PROXY headers or not as they started: that stays.
+        let opts = PoolOptions {
+            send_proxy: running.lb.send_proxy,
+            ..PoolOptions::for_lb(&new)
+        };
+        let mut changes = self.pool.update(&new.endpoints(Role::Web), opts);
         let (o, n) = (&running.lb, &new.lb);
         if (o.rate_limit, o.rate_burst) != (n.rate_limit, n.rate_burst) {
             changes.push(format!(
@@ -371,6 +384,8 @@ impl Live {
         kept.vrrp = running.vrrp.clone();
         kept.tls = running.tls.clone();
         kept.health = running.health;
+        kept.lb.front_proxies = running.lb.front_proxies.clone();
+        kept.lb.send_proxy = running.lb.send_proxy;
         kept.nodes.retain(|n| n.role != Role::Lb);
         kept.nodes
             .extend(running.nodes.iter().filter(|n| n.role == Role::Lb).cloned());

@@ -104,6 +104,9 @@ struct Site {
     rate: Arc<rate::RateLimiter>,
     /// Requests answered 429.
     rate_limited: prometheus_client::metrics::counter::Counter,
+    /// Proxies in front (`lb.front_proxies`) whose connections may start with a
+    /// PROXY v2 header.
+    front_proxies: hastack_runtime::ProxyHeader,
 }
 
 /// One year, the max-age HSTS preload lists ask for.
@@ -220,6 +223,7 @@ impl VipHook for VipListener {
         let vip = site.http;
         let door = site.door.clone();
         let limits = Some(site.limits.clone());
+        let front_proxies = site.front_proxies.clone();
         let stop = rx.clone();
         self.tasks.push(self.rt.spawn(async move {
             info!(%vip, "listening on the VIP");
@@ -230,6 +234,7 @@ impl VipHook for VipListener {
             let serving = hastack_runtime::Serving {
                 door,
                 limits,
+                proxy_header: front_proxies,
                 ..Default::default()
             };
             hastack_runtime::serve_with(http, serving, handler, stop).await;
@@ -238,6 +243,7 @@ impl VipHook for VipListener {
             let site = self.site.clone();
             let door = site.door.clone();
             let limits = Some(site.limits.clone());
+            let front_proxies = site.front_proxies.clone();
             let stop = rx;
             self.tasks.push(self.rt.spawn(async move {
                 info!(vip = %addr, tls = match mode { Https::Terminate(_) => "terminate", Https::Passthrough(_) => "passthrough" }, "listening for HTTPS on the VIP");
@@ -249,7 +255,7 @@ impl VipHook for VipListener {
                         };
                         let serving = hastack_runtime::Serving {
                             tls: Some(acceptor),
-                            proxied: false,
+                            proxy_header: front_proxies,
                             door,
                             limits,
                         };
@@ -343,11 +349,11 @@ pub async fn run_with(
         hastack_proxy::PoolOptions::for_lb(topo),
         &mut registry,
     );
-    let proxy = Proxy::new(
-        ProxyOptions::new(name).with_http(&topo.http),
-        pool.clone(),
-        &mut registry,
-    );
+    let mut opts = ProxyOptions::new(name).with_http(&topo.http);
+    opts.front_proxies = topo.lb.front_proxies.clone();
+    opts.listen_http = Some(SocketAddr::from((topo.vip, topo.http_port)));
+    opts.listen_https = topo.https_port.map(|p| SocketAddr::from((topo.vip, p)));
+    let proxy = Proxy::new(opts, pool.clone(), &mut registry);
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
     let limits = hastack_runtime::conn_limits::ConnLimits::new(
         topo.lb.max_conn,
@@ -451,7 +457,11 @@ pub async fn run_with(
         Arc::new(move |out: &mut String| stats.render(out))
     };
 
-    pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
+    let check = HealthCheck {
+        proxy_header: topo.lb.send_proxy,
+        ..HealthCheck::from(&topo.health)
+    };
+    pool.spawn_health_checks(check, shutdown.clone());
     let live = Arc::new(control::Live {
         name: name.to_string(),
         pool: pool.clone(),
@@ -548,6 +558,11 @@ pub async fn run_with(
             limits,
             rate,
             rate_limited,
+            front_proxies: if topo.lb.front_proxies.is_empty() {
+                hastack_runtime::ProxyHeader::Never
+            } else {
+                hastack_runtime::ProxyHeader::From(topo.lb.front_proxies.clone().into())
+            },
         }),
         rt: tokio::runtime::Handle::current(),
         stop: None,

@@ -58,11 +58,23 @@ pub(crate) struct SendFailure {
     pub(crate) request: Option<Request<RequestBody>>,
 }
 
+/// Whose requests a connection may carry: anyone's, or (when it began with a PROXY
+/// header naming a client) only those of that client connection.
+pub(crate) type Owner = Option<SocketAddr>;
+
+/// The PROXY v2 header a connection starts with: the client, and the address it
+/// reached this proxy on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProxyHeaderFor {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+}
+
 /// The idle connections of one server.
 #[derive(Debug)]
 pub(crate) struct Connections {
-    /// Newest last; each with the moment it went idle.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Newest last; each with the moment it went idle and whose it is.
+    idle: Mutex<Vec<(Sender, Instant, Owner)>>,
     /// Slots for connections being opened ([`MAX_DIALING`]).
     dialing: tokio::sync::Semaphore,
 }
@@ -77,9 +89,15 @@ impl Default for Connections {
 }
 
 impl Connections {
-    fn pop(&self) -> Option<Sender> {
+    fn pop(&self, owner: Owner) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((s, since)) = idle.pop() {
+        if owner.is_some() {
+            // Connections of one client each: find this client's.
+            let i = idle.iter().rposition(|(_, _, o)| *o == owner)?;
+            let (s, since, _) = idle.remove(i);
+            return (since.elapsed() <= IDLE_TIMEOUT && !s.is_closed()).then_some(s);
+        }
+        while let Some((s, since, _)) = idle.pop() {
             if since.elapsed() > IDLE_TIMEOUT {
                 // The rest went idle even earlier.
                 idle.clear();
@@ -92,13 +110,17 @@ impl Connections {
         None
     }
 
-    fn push(&self, s: Sender) {
+    fn push(&self, s: Sender, owner: Owner) {
         if s.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if owner.is_some() {
+            // Those of clients gone quiet are of no use to anyone else.
+            idle.retain(|(s, since, _)| since.elapsed() <= IDLE_TIMEOUT && !s.is_closed());
+        }
         if idle.len() < MAX_IDLE {
-            idle.push((s, Instant::now()));
+            idle.push((s, Instant::now(), owner));
         }
     }
 
@@ -109,8 +131,10 @@ impl Connections {
         tls: Option<&UpstreamTls>,
         mut req: Request<RequestBody>,
         connect_timeout: Duration,
+        header: Option<ProxyHeaderFor>,
     ) -> Result<Response<PooledBody>, SendFailure> {
-        req = match self.send_idle(req).await? {
+        let owner = header.map(|h| h.client);
+        req = match self.send_idle(req, owner).await? {
             Ok(resp) => return Ok(resp),
             Err(req) => req,
         };
@@ -127,9 +151,13 @@ impl Connections {
             });
         };
         // A connection that came back meanwhile goes first.
-        let dialed = match self.pop() {
+        let dialed = match self.pop(owner) {
             Some(sender) => Ok(Ok(sender)),
-            None => tokio::time::timeout_at(deadline, dial(addr, tls)).await,
+            None => {
+                let header =
+                    header.map(|h| hastack_runtime::proxy_protocol::encode(h.client, h.local));
+                tokio::time::timeout_at(deadline, dial(addr, tls, header.as_deref())).await
+            }
         };
         drop(slot);
         let mut sender = match dialed {
@@ -152,7 +180,7 @@ impl Connections {
             }
         };
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.wrap(resp, sender)),
+            Ok(resp) => Ok(self.wrap(resp, sender, owner)),
             Err(mut e) => {
                 let request = e.take_message();
                 Err(SendFailure {
@@ -171,10 +199,11 @@ impl Connections {
     async fn send_idle(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
+        owner: Owner,
     ) -> Result<Result<Response<PooledBody>, Request<RequestBody>>, SendFailure> {
-        while let Some(mut sender) = self.pop() {
+        while let Some(mut sender) = self.pop(owner) {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(Ok(self.wrap(resp, sender))),
+                Ok(resp) => return Ok(Ok(self.wrap(resp, sender, owner))),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => {
@@ -191,11 +220,16 @@ impl Connections {
         Ok(Err(req))
     }
 
-    fn wrap(self: &Arc<Self>, resp: Response<Incoming>, sender: Sender) -> Response<PooledBody> {
+    fn wrap(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        sender: Sender,
+        owner: Owner,
+    ) -> Response<PooledBody> {
         resp.map(|body| {
             let mut pooled = PooledBody {
                 body,
-                home: Some((sender, self.clone())),
+                home: Some((sender, self.clone(), owner)),
                 stall: None,
                 in_flight: None,
             };
@@ -250,17 +284,18 @@ pub(crate) fn local_resource_error(e: &std::io::Error) -> bool {
 }
 
 /// Opens an HTTP/1.1 connection to `addr`, over TLS with `tls` (the server must show a
-/// certificate of `tls`'s CA for its name).
+/// certificate of `tls`'s CA for its name), first sending `header` (PROXY v2) if any.
 pub(crate) async fn dial<B>(
     addr: SocketAddr,
     tls: Option<&UpstreamTls>,
+    header: Option<&[u8]>,
 ) -> Result<SendRequest<B>, DialError>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = connect_tcp(addr).await?;
+    let stream = connect_tcp(addr, header).await?;
     match tls {
         None => Ok(handshake(addr, TokioIo::new(stream)).await?),
         Some(t) => {
@@ -272,22 +307,37 @@ where
 
 /// Opens a connection to `addr` (and its TLS session, with `tls`) and closes it: a
 /// TCP health check.
-pub(crate) async fn dial_raw(addr: SocketAddr, tls: Option<&UpstreamTls>) -> Result<(), DialError> {
-    let stream = connect_tcp(addr).await?;
+pub(crate) async fn dial_raw(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    header: Option<&[u8]>,
+) -> Result<(), DialError> {
+    let stream = connect_tcp(addr, header).await?;
     if let Some(t) = tls {
         tls_handshake(addr, t, stream).await?;
     }
     Ok(())
 }
 
-async fn connect_tcp(addr: SocketAddr) -> Result<tokio::net::TcpStream, DialError> {
-    let stream = tokio::net::TcpStream::connect(addr)
+/// Connects to `addr` and sends `header` (a PROXY v2 header) first if any.
+async fn connect_tcp(
+    addr: SocketAddr,
+    header: Option<&[u8]>,
+) -> Result<tokio::net::TcpStream, DialError> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| DialError {
             local: local_resource_error(&e),
             why: format!("connect to {addr}: {e}"),
         })?;
     let _ = stream.set_nodelay(true);
+    if let Some(h) = header {
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(h)
+            .await
+            .map_err(|e| format!("PROXY header to {addr}: {e}"))?;
+    }
     Ok(stream)
 }
 
@@ -333,7 +383,7 @@ where
 #[derive(Debug)]
 pub struct PooledBody {
     body: Incoming,
-    home: Option<(Sender, Arc<Connections>)>,
+    home: Option<(Sender, Arc<Connections>, Owner)>,
     /// Armed only while the upstream keeps us waiting.
     stall: Option<Pin<Box<Sleep>>>,
     /// The server's count of requests in flight, held until the body ends.
@@ -343,8 +393,8 @@ pub struct PooledBody {
 impl PooledBody {
     fn release(&mut self) {
         self.in_flight = None;
-        if let Some((sender, pool)) = self.home.take() {
-            pool.push(sender);
+        if let Some((sender, pool, owner)) = self.home.take() {
+            pool.push(sender, owner);
         }
     }
 

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::balance::{Balance, HashOn, hash};
 use crate::body::{BodyRules, RequestBody};
-use crate::conn::PooledBody;
+use crate::conn::{PooledBody, ProxyHeaderFor};
 use crate::pool::{NoServer, Pool};
 
 /// A response body: streamed from upstream, or made here.
@@ -58,6 +58,14 @@ pub struct ProxyOptions {
     pub request_body_timeout: Duration,
     /// Bytes of request bodies held in memory for retries, all requests together.
     pub body_buffer: usize,
+    /// Proxies in front of this one: at the edge, their `X-Forwarded-For` is appended
+    /// to and their `X-Forwarded-Proto` kept, not replaced.
+    pub front_proxies: Vec<ipnet::IpNet>,
+    /// Where clients reach this proxy over HTTP and HTTPS: the destination in the PROXY
+    /// headers sent upstream (`PoolOptions::send_proxy`).
+    pub listen_http: Option<SocketAddr>,
+    /// See [`ProxyOptions::listen_http`].
+    pub listen_https: Option<SocketAddr>,
 }
 
 impl ProxyOptions {
@@ -72,6 +80,9 @@ impl ProxyOptions {
             connect_timeout: Duration::from_secs(2),
             request_body_timeout: Duration::from_secs(30),
             body_buffer: 64 << 20,
+            front_proxies: Vec::new(),
+            listen_http: None,
+            listen_https: None,
         }
     }
 
@@ -286,14 +297,22 @@ impl Proxy {
             .as_deref()
             .and_then(|name| take_cookie(&mut headers, name));
         strip_hop_by_hop(&mut headers);
-        if edge_scheme.is_some() {
+        // A proxy in front of this one says who its client was.
+        let behind_front_proxy = edge_scheme.is_some()
+            && !self.opts.front_proxies.is_empty()
+            && self
+                .opts
+                .front_proxies
+                .iter()
+                .any(|n| n.contains(&peer.ip()));
+        if edge_scheme.is_some() && !behind_front_proxy {
             // At the edge a client's own X-Forwarded-For is a claim anyone can make:
             // the address this proxy saw replaces it.
             headers.remove(&X_FORWARDED_FOR);
         }
         append_forwarded_for(&mut headers, peer);
-        let keep_proto = edge_scheme.is_none()
-            && self.opts.trust_forwarded_proto
+        let keep_proto = (behind_front_proxy
+            || (edge_scheme.is_none() && self.opts.trust_forwarded_proto))
             && headers.contains_key(&X_FORWARDED_PROTO);
         if !keep_proto {
             headers.insert(
@@ -323,6 +342,14 @@ impl Proxy {
         *request.headers_mut() = headers;
         // A held body is kept for a second attempt; a streamed one cannot be.
         let spare = may_retry.then(|| copy_request(&request)).flatten();
+        let proxy_header = set.options().send_proxy.then(|| ProxyHeaderFor {
+            client: peer,
+            local: match edge_scheme {
+                Some("https") => self.opts.listen_https,
+                _ => self.opts.listen_http,
+            }
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        });
         let mut next = Some(request);
         let mut tried: Vec<u64> = Vec::new();
         let mut last_error = String::from("no healthy server");
@@ -371,6 +398,7 @@ impl Proxy {
                 server.tls.as_ref(),
                 request,
                 self.opts.connect_timeout,
+                proxy_header,
             );
             let (failure, why) = match tokio::time::timeout(self.opts.response_timeout, sent).await
             {

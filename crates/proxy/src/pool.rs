@@ -62,6 +62,10 @@ pub struct PoolOptions {
     /// Sticky sessions: the name of the cookie that keeps a client on its server
     /// (HAProxy's `cookie NAME insert indirect`).
     pub sticky_cookie: Option<String>,
+    /// Each connection to a server starts with a PROXY v2 header naming the client
+    /// (HAProxy's `send-proxy-v2`); such a connection carries only that client's
+    /// requests.
+    pub send_proxy: bool,
 }
 
 impl Default for PoolOptions {
@@ -77,6 +81,7 @@ impl Default for PoolOptions {
             eject_for: Duration::from_secs(10),
             hash_key: HashOn::Source,
             sticky_cookie: None,
+            send_proxy: false,
         }
     }
 }
@@ -96,6 +101,7 @@ impl PoolOptions {
             eject_for: lb.eject_for,
             hash_key: lb.hash_key.clone(),
             sticky_cookie: lb.sticky_cookie.clone(),
+            send_proxy: lb.send_proxy,
         }
     }
 
@@ -127,6 +133,9 @@ pub struct HealthCheck {
     pub fall: u32,
     /// What a check does.
     pub kind: CheckKind,
+    /// Each check's connection starts with a PROXY v2 LOCAL header (the servers
+    /// expect one: `[lb] send_proxy`).
+    pub proxy_header: bool,
 }
 
 pub use hastack_config::CheckKind;
@@ -139,6 +148,7 @@ impl From<&hastack_config::HealthSettings> for HealthCheck {
             rise: h.rise,
             fall: h.fall,
             kind: h.check,
+            proxy_header: false,
         }
     }
 }
@@ -920,8 +930,8 @@ impl Pool {
                 let started = Instant::now();
                 let attempt = async {
                     match check.kind {
-                        CheckKind::Http => probe(&server, &mut conn).await,
-                        CheckKind::Tcp => connects(&server).await,
+                        CheckKind::Http => probe(&server, &mut conn, check.proxy_header).await,
+                        CheckKind::Tcp => connects(&server, check.proxy_header).await,
                     }
                 };
                 let outcome = match tokio::time::timeout(check.timeout, attempt).await {
@@ -979,8 +989,9 @@ impl HealthCheck {
 }
 
 /// A TCP health check: the connection (and TLS handshake) opens.
-async fn connects(server: &Server) -> Result<(), ProbeError> {
-    Ok(crate::conn::dial_raw(server.addr, server.tls.as_ref()).await?)
+async fn connects(server: &Server, proxy_header: bool) -> Result<(), ProbeError> {
+    let header = proxy_header.then(hastack_runtime::proxy_protocol::encode_local);
+    Ok(crate::conn::dial_raw(server.addr, server.tls.as_ref(), header.as_deref()).await?)
 }
 
 /// Why a health check failed: the server, or this host (no verdict on the server).
@@ -1021,10 +1032,14 @@ impl std::fmt::Display for ProbeError {
 async fn probe(
     server: &Server,
     conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    proxy_header: bool,
 ) -> Result<(), ProbeError> {
     let mut sender = match conn.take() {
         Some(s) if !s.is_closed() => s,
-        _ => crate::conn::dial(server.addr, server.tls.as_ref()).await?,
+        _ => {
+            let header = proxy_header.then(hastack_runtime::proxy_protocol::encode_local);
+            crate::conn::dial(server.addr, server.tls.as_ref(), header.as_deref()).await?
+        }
     };
     sender.ready().await.map_err(|e| e.to_string())?;
     let req = hyper::Request::get("/healthz")
@@ -1233,6 +1248,7 @@ mod tests {
             rise: 2,
             fall: 3,
             kind: CheckKind::Tcp,
+            proxy_header: false,
         };
         let mut t = RiseFall::new(2, 3, true);
         assert_eq!(check.next_in(t.changing()), Duration::from_millis(200));

@@ -121,13 +121,36 @@ pub const H2_MAX_STREAMS: u32 = 128;
 pub struct Serving {
     /// TLS first (a plain-HTTP client gets a 400), then HTTP/2 or HTTP/1.1 by ALPN.
     pub tls: Option<hastack_tls::Acceptor>,
-    /// Each connection starts with a PROXY protocol v2 header ([`proxy_protocol`])
-    /// whose client address the handler gets as the peer; one without is dropped.
-    pub proxied: bool,
+    /// Whether connections start with a PROXY protocol v2 header ([`proxy_protocol`])
+    /// whose client address the handler gets as the peer.
+    pub proxy_header: ProxyHeader,
     /// The strict front door of HTTP/1.1 ([`front_door`]): limits and counters.
     pub door: Arc<front_door::FrontDoor>,
     /// Open-connection limits in all and per client ([`conn_limits`]).
     pub limits: Option<Arc<conn_limits::ConnLimits>>,
+}
+
+/// Which connections of a listener start with a PROXY protocol v2 header.
+#[derive(Clone, Debug, Default)]
+pub enum ProxyHeader {
+    /// None: the peer is the client.
+    #[default]
+    Never,
+    /// Every one; a connection without is dropped (behind hastack's own lbs).
+    Always,
+    /// Those from these networks (proxies in front) may start with one; others are
+    /// clients, and a header from them is not believed (it fails as HTTP).
+    From(Arc<[ipnet::IpNet]>),
+}
+
+impl ProxyHeader {
+    /// Whether `peer` is one of the networks of [`ProxyHeader::From`].
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        match self {
+            ProxyHeader::From(nets) => nets.iter().any(|n| n.contains(&peer)),
+            _ => false,
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` turns true, then stops accepting and gives open
@@ -196,15 +219,24 @@ pub async fn serve_with<F, Fut, B>(
         let handler = handler.clone();
         let watcher = graceful.watcher();
         let (h1, h2) = (h1.clone(), h2.clone());
-        let (tls, proxied, door) = (serving.tls.clone(), serving.proxied, serving.door.clone());
+        let (tls, door) = (serving.tls.clone(), serving.door.clone());
+        let header = match &serving.proxy_header {
+            ProxyHeader::Never => false,
+            ProxyHeader::Always => true,
+            h => h.trusts(peer.ip()),
+        };
+        let required = matches!(serving.proxy_header, ProxyHeader::Always);
         tokio::spawn(async move {
             let _admitted = admitted;
-            if proxied {
+            if header
+                && (required
+                    || proxy_protocol::starts_with_header(&stream, PROXY_HEADER_TIMEOUT).await)
+            {
                 match proxy_protocol::read(&mut stream, PROXY_HEADER_TIMEOUT).await {
                     Ok(Some(client)) => peer = client,
                     Ok(None) => {}
                     Err(e) => {
-                        debug!(%peer, error = %e, "connection without a PROXY header dropped");
+                        debug!(%peer, error = %e, "connection without a valid PROXY header dropped");
                         return;
                     }
                 }

@@ -2,6 +2,9 @@
 //! a binary header an lb puts in front of a connection it relays without decrypting
 //! (TLS passthrough), so the web node that terminates it knows the client's address.
 //!
+//! An lb reads it from the proxies in front of it (`[lb] front_proxies`) and sends it
+//! to web nodes over HTTP too when `[lb] send_proxy` is on.
+//!
 //! Only the forms hastack sends are read: PROXY over TCP/IPv4 or TCP/IPv6, and LOCAL
 //! (a health check of the lb itself). Anything else is refused, never guessed at.
 //! Hand-written: the header is 16 bytes and an address block; the crates that read it
@@ -15,6 +18,13 @@ use tokio::net::TcpStream;
 
 /// The 12 bytes every version-2 header starts with.
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The LOCAL header: a connection of the proxy's own (a health check), no client.
+pub fn encode_local() -> Vec<u8> {
+    let mut h = SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    h
+}
 
 /// The header for a connection from `client` to `server`.
 pub fn encode(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
@@ -129,6 +139,27 @@ pub async fn read(
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ProxyHeaderError::Short(format!("nothing within {timeout:?}")))?
+}
+
+/// Whether the connection's first bytes (peeked, not read) are a version-2 signature.
+/// Waits for 12 bytes or `timeout`; a connection that closes or stalls first is not
+/// one.
+pub async fn starts_with_header(tcp: &TcpStream, timeout: Duration) -> bool {
+    let peek = async {
+        let mut b = [0u8; 12];
+        loop {
+            match tcp.peek(&mut b).await {
+                Ok(n) if n >= SIGNATURE.len() => return b == SIGNATURE,
+                // Fewer bytes than a signature: a prefix of one may still become one.
+                Ok(n) if n > 0 && b[..n] == SIGNATURE[..n] => {
+                    tcp.readable().await.ok();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                _ => return false,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, peek).await.unwrap_or(false)
 }
 
 /// Parses a whole header held in memory (for tests and tools).

@@ -199,7 +199,7 @@ pub async fn run(
         // address is the peer (X-Forwarded-For), not the lb's.
         let serving = hastack_runtime::Serving {
             tls: Some(acceptor),
-            proxied: true,
+            proxy_header: hastack_runtime::ProxyHeader::Always,
             door: door.clone(),
             limits: None,
         };
@@ -213,9 +213,15 @@ pub async fn run(
             shutdown,
         ))
     });
+    // With `[lb] send_proxy`, the lbs open every connection here with a PROXY v2
+    // header naming the client (LOCAL for their health checks).
     let serving = hastack_runtime::Serving {
         tls: internal,
-        proxied: false,
+        proxy_header: if topo.lb.send_proxy {
+            hastack_runtime::ProxyHeader::Always
+        } else {
+            hastack_runtime::ProxyHeader::Never
+        },
         door,
         limits: None,
     };
