@@ -316,6 +316,17 @@ pub struct HttpSettings {
     /// Bytes of request bodies held in memory at once, all requests together, so that
     /// an idempotent request can be sent again; a body that does not fit streams.
     pub body_buffer: usize,
+    /// One line per request in `<state_dir>/logs/NODE-access.log`, if any.
+    pub access_log: Option<AccessLogFormat>,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// NCSA combined (as nginx and Apache write it), then the server and the time taken.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where the lbs decrypt the site's HTTPS.

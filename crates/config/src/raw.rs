@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::{
-    Balance, CertFiles, CheckKind, ConfigError, ConfigErrors, DbSettings, Durability, HashOn,
-    HealthSettings, HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet, TlsMode,
-    TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
+    AccessLogFormat, Balance, CertFiles, CheckKind, ConfigError, ConfigErrors, DbSettings,
+    Durability, HashOn, HealthSettings, HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet,
+    TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -99,6 +99,8 @@ max_body = 8388608         # bytes in one request body: 413 above
 body_timeout_ms = 30000    # a request body must be whole this long after its head: 408
 body_buffer = 67108864     # bytes of request bodies held in memory, all requests together, so
                            # an idempotent request can be re-sent; the others stream through
+access_log = "off"         # "text" (NCSA combined + server and time) or "json": one line per
+                           # request in <state_dir>/logs/NODE-access.log
 
 [web]
 # root = "site"            # serve this directory instead of the built-in site
@@ -448,6 +450,7 @@ struct RawHttp {
     max_body: Spanned<u64>,
     body_timeout_ms: Spanned<u64>,
     body_buffer: Spanned<u64>,
+    access_log: Spanned<String>,
 }
 
 impl Default for RawHttp {
@@ -460,6 +463,7 @@ impl Default for RawHttp {
             max_body: Spanned::new(0..0, 8 << 20),
             body_timeout_ms: Spanned::new(0..0, 30_000),
             body_buffer: Spanned::new(0..0, 64 << 20),
+            access_log: Spanned::new(0..0, "off".into()),
         }
     }
 }
@@ -854,6 +858,19 @@ pub(crate) fn validate(
             "bodies that large belong in an object store; 8388608 (8 MiB) suits most sites",
         );
     }
+    let access_log = match hp.access_log.get_ref().as_str() {
+        "off" => None,
+        "text" => Some(AccessLogFormat::Text),
+        "json" => Some(AccessLogFormat::Json),
+        other => {
+            c.error(
+                &hp.access_log,
+                format!("http.access_log is \"{other}\", which is not a log format"),
+                "use \"off\", \"text\" (NCSA combined, as nginx and Apache write) or \"json\"",
+            );
+            None
+        }
+    };
     let buffer = *hp.body_buffer.get_ref();
     if buffer > 16 << 30 {
         c.error(
@@ -1172,6 +1189,7 @@ pub(crate) fn validate(
             max_body: max_body as usize,
             body_timeout: Duration::from_millis(*hp.body_timeout_ms.get_ref()),
             body_buffer: buffer as usize,
+            access_log,
         },
         web: WebSettings {
             root: raw.web.root.map(PathBuf::from),

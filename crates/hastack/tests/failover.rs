@@ -325,3 +325,75 @@ fn the_lb_speaks_the_proxy_protocol_to_the_web_nodes_and_from_a_front_proxy() {
     let _ = std::io::Read::read_to_string(&mut s, &mut out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+#[test]
+fn each_request_is_in_the_access_log_and_the_stats_page_shows_the_web_nodes() {
+    let stack = Stack::up_edited(Options { sqlite: true }, |t| {
+        format!("{t}\n[http]\naccess_log = \"json\"\n")
+    });
+    let path = eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let master = path.split(',').next().unwrap_or("lb1").trim().to_string();
+    for i in 0..10 {
+        let r = stack.get(&format!("/api/posts?n={i}")).expect("get");
+        assert_eq!(r.status, 200);
+    }
+    // The access log: one JSON object per request, with the web node that answered.
+    let log = stack
+        .state_dir()
+        .join("logs")
+        .join(format!("{master}-access.log"));
+    let lines: Vec<serde_json::Value> =
+        eventually("the lines written", Duration::from_secs(5), || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|v: &serde_json::Value| {
+                    v["target"].as_str().is_some_and(|t| t.contains("?n="))
+                })
+                .collect();
+            (lines.len() == 10).then_some(lines)
+        });
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["method"], "GET", "{l}");
+        assert_eq!(l["target"], format!("/api/posts?n={i}"), "{l}");
+        assert_eq!(l["status"], 200, "{l}");
+        assert!(
+            l["server"].as_str().is_some_and(|s| s.starts_with("web")),
+            "{l}"
+        );
+        assert!(l["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{l}");
+    }
+    // The stats page of the lb that served them.
+    let admin = std::net::SocketAddr::from((stack.addr(host_of(&master)), stack.admin_port));
+    let page = http(admin, "GET", "/stats", &[], "").expect("stats");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{:?}",
+        page.header("content-type")
+    );
+    for web in ["web1", "web2"] {
+        let row = page
+            .body
+            .lines()
+            .find(|l| l.contains(&format!("<td>{web}</td>")))
+            .unwrap_or_else(|| panic!("no row for {web}:\n{}", page.body));
+        assert!(
+            row.contains("<td>UP</td>") && row.contains("<td>ready</td>"),
+            "{row}"
+        );
+    }
+    // Response times are a Prometheus histogram per server.
+    let metrics = http(admin, "GET", "/metrics", &[], "")
+        .expect("metrics")
+        .body;
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("hastack_upstream_response_seconds_count{")
+                && l.contains("server=\"web1\"")
+        ),
+        "{metrics}"
+    );
+}

@@ -332,6 +332,11 @@ impl Live {
             format!("{:?}", new.lb.front_proxies),
         );
         differs(
+            "http.access_log",
+            format!("{:?}", running.http.access_log),
+            format!("{:?}", new.http.access_log),
+        );
+        differs(
             "lb.send_proxy",
             running.lb.send_proxy.to_string(),
             new.lb.send_proxy.to_string(),
@@ -386,6 +391,7 @@ impl Live {
         kept.health = running.health;
         kept.lb.front_proxies = running.lb.front_proxies.clone();
         kept.lb.send_proxy = running.lb.send_proxy;
+        kept.http.access_log = running.http.access_log;
         kept.nodes.retain(|n| n.role != Role::Lb);
         kept.nodes
             .extend(running.nodes.iter().filter(|n| n.role == Role::Lb).cloned());

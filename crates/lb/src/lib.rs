@@ -29,6 +29,7 @@ use std::time::Duration;
 pub mod control;
 mod passthrough;
 pub mod rate;
+mod stats;
 
 use hastack_config::{Mode, Role, TlsMode, Topology};
 use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
@@ -350,6 +351,7 @@ pub async fn run_with(
         &mut registry,
     );
     let mut opts = ProxyOptions::new(name).with_http(&topo.http);
+    opts.access_log = hastack_proxy::access_log::open_for(topo, name, shutdown.clone());
     opts.front_proxies = topo.lb.front_proxies.clone();
     opts.listen_http = Some(SocketAddr::from((topo.vip, topo.http_port)));
     opts.listen_https = topo.https_port.map(|p| SocketAddr::from((topo.vip, p)));
@@ -500,7 +502,16 @@ pub async fn run_with(
             }
         });
     }
-    let admin = Admin::new(probe, registry, Some(extra));
+    let stats_page: hastack_runtime::Page = {
+        let (name, site, proxy, limited) = (
+            name.to_string(),
+            topo.site.clone(),
+            proxy.clone(),
+            rate_limited.clone(),
+        );
+        Arc::new(move || stats::page(&name, &site, &proxy, limited.get()))
+    };
+    let admin = Admin::new(probe, registry, Some(extra)).with_page("/stats", stats_page);
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
     let (health_tx, health_rx) = watch::channel(own_health(&pool));

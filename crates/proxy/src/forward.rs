@@ -25,6 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
+use crate::access_log::{AccessLog, Seen};
 use crate::balance::{Balance, HashOn, hash};
 use crate::body::{BodyRules, RequestBody};
 use crate::conn::{PooledBody, ProxyHeaderFor};
@@ -66,6 +67,8 @@ pub struct ProxyOptions {
     pub listen_http: Option<SocketAddr>,
     /// See [`ProxyOptions::listen_http`].
     pub listen_https: Option<SocketAddr>,
+    /// Where each answered request is logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl ProxyOptions {
@@ -83,6 +86,7 @@ impl ProxyOptions {
             front_proxies: Vec::new(),
             listen_http: None,
             listen_https: None,
+            access_log: None,
         }
     }
 
@@ -107,6 +111,8 @@ pub struct Proxy {
     served_by: HeaderValue,
     pool: Arc<Pool>,
     responses: [Counter; 6],
+    /// Requests sent to another server after an attempt failed.
+    retries: Counter,
     /// What request bodies may be; a reload replaces them.
     body: ArcSwap<BodyRules>,
 }
@@ -182,6 +188,12 @@ impl Proxy {
         );
         let responses = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
             .map(|code| family.get_or_create(&ClassLabels { code }).clone());
+        let retries = Counter::default();
+        registry.register(
+            "hastack_proxy_retries",
+            "Requests sent to another server after an attempt failed",
+            retries.clone(),
+        );
         let served_by = HeaderValue::from_str(&opts.node_name)
             .unwrap_or_else(|_| HeaderValue::from_static("hastack"));
         let body = ArcSwap::from_pointee(BodyRules::new(
@@ -194,6 +206,7 @@ impl Proxy {
             served_by,
             pool,
             responses,
+            retries,
             body,
         })
     }
@@ -211,6 +224,17 @@ impl Proxy {
     /// The pool behind this proxy.
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// Responses sent to clients by status class (`1xx` … `5xx`, `other`), and
+    /// requests retried on another server, since start.
+    pub fn totals(&self) -> ([(&'static str, u64); 6], u64) {
+        let names = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+        let mut out = [("", 0u64); 6];
+        for (i, name) in names.iter().enumerate() {
+            out[i] = (name, self.responses[i].get());
+        }
+        (out, self.retries.get())
     }
 
     fn count(&self, status: StatusCode) {
@@ -271,6 +295,25 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         edge_scheme: Option<&'static str>,
+    ) -> Response<ProxyBody> {
+        let Some(log) = &self.opts.access_log else {
+            return self.exchange(req, peer, edge_scheme, &mut None).await;
+        };
+        let started = tokio::time::Instant::now();
+        let seen = Seen::of(req.method(), req.uri(), req.version(), req.headers(), peer);
+        let mut server = None;
+        let resp = self.exchange(req, peer, edge_scheme, &mut server).await;
+        log.log(&seen, &resp, server.as_deref(), started.elapsed());
+        resp
+    }
+
+    /// Forwards `req`; `served` gets the name of the server that answered.
+    async fn exchange(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        edge_scheme: Option<&'static str>,
+        served: &mut Option<String>,
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         // The servers and balancing options in force for this request, even if a
@@ -393,6 +436,7 @@ impl Proxy {
             };
             server.requests.inc();
             let in_flight = server.begin();
+            let started = tokio::time::Instant::now();
             let sent = server.conns.send(
                 server.addr,
                 server.tls.as_ref(),
@@ -403,6 +447,7 @@ impl Proxy {
             let (failure, why) = match tokio::time::timeout(self.opts.response_timeout, sent).await
             {
                 Ok(Ok(mut resp)) => {
+                    server.observe_latency(started.elapsed());
                     if resp.status().is_server_error() {
                         server.observe(Some(&format!("status {}", resp.status())), set.options());
                     } else {
@@ -417,6 +462,9 @@ impl Proxy {
                         set_sticky_cookie(resp.headers_mut(), name, &server.name);
                     }
                     self.count(resp.status());
+                    if self.opts.access_log.is_some() {
+                        *served = Some(server.name.clone());
+                    }
                     return resp.map(Either::Left);
                 }
                 Ok(Err(f)) => {
@@ -454,6 +502,7 @@ impl Proxy {
                 server.mark_down(&why);
             }
             if failure.retry_safe(may_repeat) || next.is_some() {
+                self.retries.inc();
                 debug!(server = %server.name, error = %why, "upstream failed; trying the next server");
                 continue;
             }

@@ -5,12 +5,14 @@
 //! forwards to app nodes through the same [`Proxy`]. Architecture invariant: nothing
 //! here knows which tier it runs in; the tier passes a pool and [`ProxyOptions`].
 
+pub mod access_log;
 pub mod balance;
 mod body;
 mod conn;
 mod forward;
 mod pool;
 
+pub use access_log::AccessLog;
 pub use balance::{Balance, HashOn};
 pub use body::{BodyFault, BodyFaultError, BodyRules, RequestBody, Streamed};
 pub use conn::{BODY_IDLE_TIMEOUT, BodyError, BodyStalled, MAX_DIALING, PooledBody};

@@ -29,6 +29,7 @@ use hyper::client::conn::http1::SendRequest;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -223,6 +224,10 @@ pub struct Server {
     errors: AtomicU32,
     pub(crate) requests: Counter,
     pub(crate) failures: Counter,
+    latency: Histogram,
+    /// Recent response time in microseconds: a moving average over about the last
+    /// 64 responses (HAProxy's stats page shows the same over 1024).
+    recent_us: AtomicU64,
     up: Gauge,
     in_flight: Gauge,
     ejections: Counter,
@@ -314,6 +319,32 @@ impl Server {
     /// Records the outcome of an exchange for passive ejection: `Some(reason)` for a
     /// failure (a broken exchange, a 5xx). Ejects the server for `eject_for` after
     /// `eject_after` consecutive failures.
+    /// Records the time a response took to begin.
+    pub(crate) fn observe_latency(&self, d: Duration) {
+        self.latency.observe(d.as_secs_f64());
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        // avg += (sample - avg) / 64, without a lock.
+        let _ = self
+            .recent_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == 0 {
+                    us
+                } else {
+                    avg - avg / 64 + us / 64
+                })
+            });
+    }
+
+    /// The recent response time (a moving average over about 64 responses).
+    pub fn recent_response_time(&self) -> Duration {
+        Duration::from_micros(self.recent_us.load(Ordering::Relaxed))
+    }
+
+    /// Requests sent to it, and those that failed, since it joined the pool.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.requests.get(), self.failures.get())
+    }
+
     pub(crate) fn observe(&self, failure: Option<&str>, opts: &PoolOptions) {
         let Some(why) = failure else {
             if self.errors.load(Ordering::Relaxed) != 0 {
@@ -389,9 +420,10 @@ pub struct PoolTls {
 
 /// The per-server metric families, kept to add and remove the series of servers that
 /// a reload adds and removes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct ServerMetrics {
     requests: Family<ServerLabels, Counter>,
+    latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
     failures: Family<ServerLabels, Counter>,
     up: Family<ServerLabels, Gauge>,
     in_flight: Family<ServerLabels, Gauge>,
@@ -400,8 +432,35 @@ struct ServerMetrics {
     admin: Family<ServerLabels, Gauge>,
 }
 
+/// Response times from 0.5 ms to 16 s, each bucket twice the last.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 16,
+    ))
+}
+
+impl Default for ServerMetrics {
+    fn default() -> ServerMetrics {
+        ServerMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            failures: Family::default(),
+            up: Family::default(),
+            in_flight: Family::default(),
+            ejections: Family::default(),
+            weight: Family::default(),
+            admin: Family::default(),
+        }
+    }
+}
+
 impl ServerMetrics {
     fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "hastack_upstream_response_seconds",
+            "Time from sending a request to an upstream server to its response headers",
+            self.latency.clone(),
+        );
         registry.register(
             "hastack_upstream_requests",
             "Requests sent to an upstream server",
@@ -441,6 +500,7 @@ impl ServerMetrics {
 
     fn forget(&self, labels: &ServerLabels) {
         self.requests.remove(labels);
+        self.latency.remove(labels);
         self.failures.remove(labels);
         self.up.remove(labels);
         self.in_flight.remove(labels);
@@ -671,6 +731,8 @@ impl Pool {
             errors: AtomicU32::new(0),
             requests: m.requests.get_or_create(&labels).clone(),
             failures: m.failures.get_or_create(&labels).clone(),
+            latency: m.latency.get_or_create(&labels).clone(),
+            recent_us: AtomicU64::new(0),
             up: m.up.get_or_create(&labels).clone(),
             in_flight: m.in_flight.get_or_create(&labels).clone(),
             ejections: m.ejections.get_or_create(&labels).clone(),

@@ -356,12 +356,16 @@ pub fn text_response(
     resp
 }
 
+/// An HTML page of the admin port, made anew for each request.
+pub type Page = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The admin endpoints of one node.
 #[derive(Clone)]
 pub struct Admin {
     probe: HealthProbe,
     registry: Arc<Registry>,
     extra: Option<MetricsExtra>,
+    pages: Vec<(&'static str, Page)>,
 }
 
 impl Admin {
@@ -371,7 +375,14 @@ impl Admin {
             probe,
             registry: Arc::new(registry),
             extra,
+            pages: Vec::new(),
         }
+    }
+
+    /// Serves `page` at `path` too (e.g. the lb's `/stats`).
+    pub fn with_page(mut self, path: &'static str, page: Page) -> Admin {
+        self.pages.push((path, page));
+        self
     }
 
     /// Answers one admin request.
@@ -416,11 +427,23 @@ impl Admin {
                     out,
                 )
             }
-            _ => text_response(
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found: try /healthz or /metrics\n",
-            ),
+            path => match self.pages.iter().find(|(p, _)| *p == path) {
+                Some((_, page)) => {
+                    text_response(StatusCode::OK, "text/html; charset=utf-8", page())
+                }
+                None => {
+                    let mut known = String::from("/healthz, /metrics");
+                    for (p, _) in &self.pages {
+                        known.push_str(", ");
+                        known.push_str(p);
+                    }
+                    text_response(
+                        StatusCode::NOT_FOUND,
+                        "text/plain",
+                        format!("not found: try {known}\n"),
+                    )
+                }
+            },
         }
     }
 

@@ -152,6 +152,7 @@ pub async fn run(
     );
     let mut opts = ProxyOptions::new(name).with_http(&topo.http);
     opts.trust_forwarded_proto = true;
+    opts.access_log = hastack_proxy::access_log::open_for(topo, name, shutdown.clone());
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
     let static_hits = Counter::default();
     registry.register(
