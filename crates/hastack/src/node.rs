@@ -19,6 +19,23 @@ fn stop_deadline(role: Role) -> Duration {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit (as nginx's
+/// `worker_rlimit_nofile` and HAProxy do): the soft default of 1024 is a few hundred
+/// idle clients for a proxy, which holds two descriptors per request.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "descriptor limit raised"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the descriptor limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the descriptor limit"),
+    }
+}
+
 pub(crate) fn main(
     name: &str,
     config: &Option<PathBuf>,
@@ -41,6 +58,7 @@ pub(crate) fn main(
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
+    raise_descriptor_limit();
     // Reads the topology as this node sees it; again on a reload.
     let load = {
         let config = config.clone();

@@ -397,3 +397,57 @@ fn each_request_is_in_the_access_log_and_the_stats_page_shows_the_web_nodes() {
         "{metrics}"
     );
 }
+
+#[test]
+fn two_thousand_idle_connections_leave_every_web_node_healthy_and_others_served() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // This test holds 2,000 sockets itself.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard >= 2500,
+        "the test needs 2,500 descriptors; raise the hard limit (ulimit -Hn), it is {hard}"
+    );
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise the limit");
+    }
+    let stack = Stack::up(Options { sqlite: true });
+    let path = eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let master = path.split(',').next().unwrap_or("lb1").trim().to_string();
+    let idle: Vec<std::net::TcpStream> = (0..2000)
+        .map(|i| {
+            std::net::TcpStream::connect(stack.vip())
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect();
+    // The lb has accepted them all: it holds a descriptor for each.
+    let pid = stack
+        .pids()
+        .into_iter()
+        .find(|(n, _)| *n == master)
+        .map(|(_, p)| p)
+        .expect("the lb's pid");
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    eventually("the lb to hold the 2,000", Duration::from_secs(10), || {
+        (descriptors() >= 2000).then_some(())
+    });
+    // Other clients are served, by both web nodes, while the 2,000 stay open.
+    let mut webs = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = stack.get("/api/posts").expect("get");
+        assert_eq!(r.status, 200, "{}", r.body);
+        if let Some(web) = r.header("x-served-by").and_then(|p| p.split(", ").nth(1)) {
+            webs.insert(web.to_string());
+        }
+    }
+    assert_eq!(webs.len(), 2, "both web nodes served: {webs:?}");
+    // And every web node is healthy in the lb's eyes.
+    let shown = stack.ctl_ok(&["lb", "show", "--lb", &master, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    let text = v.to_string();
+    assert_eq!(text.matches("\"healthy\":true").count(), 2, "{shown}");
+    drop(idle);
+}
