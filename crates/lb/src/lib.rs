@@ -352,7 +352,8 @@ pub async fn run_with(
     );
     let mut opts = ProxyOptions::new(name).with_http(&topo.http);
     opts.access_log = hastack_proxy::access_log::open_for(topo, name, shutdown.clone());
-    opts.front_proxies = topo.lb.front_proxies.clone();
+    let front_proxies = hastack_runtime::ProxyHeader::from_networks(&topo.lb.front_proxies);
+    opts.front_proxies = front_proxies.clone();
     opts.listen_http = Some(SocketAddr::from((topo.vip, topo.http_port)));
     opts.listen_https = topo.https_port.map(|p| SocketAddr::from((topo.vip, p)));
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
@@ -569,11 +570,7 @@ pub async fn run_with(
             limits,
             rate,
             rate_limited,
-            front_proxies: if topo.lb.front_proxies.is_empty() {
-                hastack_runtime::ProxyHeader::Never
-            } else {
-                hastack_runtime::ProxyHeader::From(topo.lb.front_proxies.clone().into())
-            },
+            front_proxies,
         }),
         rt: tokio::runtime::Handle::current(),
         stop: None,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Response, Uri, Version, header};
+use http::{Method, Request, Response, Uri, Version, header};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -75,23 +75,17 @@ pub(crate) struct Seen {
 }
 
 impl Seen {
-    pub(crate) fn of(
-        method: &Method,
-        uri: &Uri,
-        version: Version,
-        headers: &HeaderMap,
-        client: SocketAddr,
-    ) -> Seen {
+    pub(crate) fn of<B>(req: &Request<B>, client: SocketAddr) -> Seen {
         let h = |n: header::HeaderName| {
-            headers
+            req.headers()
                 .get(n)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         };
         Seen {
             client,
-            method: method.clone(),
-            uri: uri.clone(),
-            version,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
             referer: h(header::REFERER),
             agent: h(header::USER_AGENT),
         }
@@ -267,15 +261,11 @@ mod tests {
     use super::*;
 
     fn seen(agent: &str) -> Seen {
-        let mut h = HeaderMap::new();
-        h.insert(header::USER_AGENT, agent.parse().expect("value"));
-        Seen::of(
-            &Method::GET,
-            &"/a?b=1".parse().expect("uri"),
-            Version::HTTP_11,
-            &h,
-            "192.0.2.1:5000".parse().expect("addr"),
-        )
+        let req = Request::get("/a?b=1")
+            .header(header::USER_AGENT, agent)
+            .body(())
+            .expect("request");
+        Seen::of(&req, "192.0.2.1:5000".parse().expect("addr"))
     }
 
     fn log(format: AccessLogFormat) -> AccessLog {

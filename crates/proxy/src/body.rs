@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -91,13 +92,13 @@ pub(crate) struct Prepared {
     pub(crate) fault: Option<Arc<OnceLock<BodyFault>>>,
 }
 
-/// Reads `body` as the rules say: held whole when `may_retry` and it fits the budget,
-/// streamed otherwise. A body announced larger than the limit is refused before a
-/// byte of it is read.
+/// Reads `body` as the rules in force say: held whole when `may_retry` and it fits the
+/// budget, streamed otherwise. A body announced larger than the limit is refused
+/// before a byte of it is read. Most requests have none: they skip the rules.
 pub(crate) async fn prepare(
     body: Incoming,
     may_retry: bool,
-    rules: &BodyRules,
+    rules: &ArcSwap<BodyRules>,
 ) -> Result<Prepared, BodyFault> {
     if body.is_end_stream() {
         return Ok(Prepared {
@@ -106,6 +107,7 @@ pub(crate) async fn prepare(
             fault: None,
         });
     }
+    let rules = rules.load();
     let announced = body.size_hint().exact();
     if announced.is_some_and(|n| n > rules.max as u64) {
         return Err(BodyFault::TooLarge);

@@ -59,9 +59,10 @@ pub struct ProxyOptions {
     pub request_body_timeout: Duration,
     /// Bytes of request bodies held in memory for retries, all requests together.
     pub body_buffer: usize,
-    /// Proxies in front of this one: at the edge, their `X-Forwarded-For` is appended
-    /// to and their `X-Forwarded-Proto` kept, not replaced.
-    pub front_proxies: Vec<ipnet::IpNet>,
+    /// Proxies in front of this one (the listener's own list): at the edge, their
+    /// `X-Forwarded-For` is appended to and their `X-Forwarded-Proto` kept, not
+    /// replaced.
+    pub front_proxies: hastack_runtime::ProxyHeader,
     /// Where clients reach this proxy over HTTP and HTTPS: the destination in the PROXY
     /// headers sent upstream (`PoolOptions::send_proxy`).
     pub listen_http: Option<SocketAddr>,
@@ -83,7 +84,7 @@ impl ProxyOptions {
             connect_timeout: Duration::from_secs(2),
             request_body_timeout: Duration::from_secs(30),
             body_buffer: 64 << 20,
-            front_proxies: Vec::new(),
+            front_proxies: hastack_runtime::ProxyHeader::Never,
             listen_http: None,
             listen_https: None,
             access_log: None,
@@ -98,6 +99,9 @@ impl ProxyOptions {
         self
     }
 }
+
+/// The status classes responses are counted by, in the order of `Proxy::responses`.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ClassLabels {
@@ -186,8 +190,7 @@ impl Proxy {
             "Responses sent to clients, by status class",
             family.clone(),
         );
-        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
-            .map(|code| family.get_or_create(&ClassLabels { code }).clone());
+        let responses = CLASSES.map(|code| family.get_or_create(&ClassLabels { code }).clone());
         let retries = Counter::default();
         registry.register(
             "hastack_proxy_retries",
@@ -229,12 +232,8 @@ impl Proxy {
     /// Responses sent to clients by status class (`1xx` … `5xx`, `other`), and
     /// requests retried on another server, since start.
     pub fn totals(&self) -> ([(&'static str, u64); 6], u64) {
-        let names = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-        let mut out = [("", 0u64); 6];
-        for (i, name) in names.iter().enumerate() {
-            out[i] = (name, self.responses[i].get());
-        }
-        (out, self.retries.get())
+        let classes = std::array::from_fn(|i| (CLASSES[i], self.responses[i].get()));
+        (classes, self.retries.get())
     }
 
     fn count(&self, status: StatusCode) {
@@ -300,7 +299,7 @@ impl Proxy {
             return self.exchange(req, peer, edge_scheme, &mut None).await;
         };
         let started = tokio::time::Instant::now();
-        let seen = Seen::of(req.method(), req.uri(), req.version(), req.headers(), peer);
+        let seen = Seen::of(&req, peer);
         let mut server = None;
         let resp = self.exchange(req, peer, edge_scheme, &mut server).await;
         log.log(&seen, &resp, server.as_deref(), started.elapsed());
@@ -323,7 +322,7 @@ impl Proxy {
         // An idempotent request may be sent again after a broken exchange, so its body
         // is held while there is another server to send it to.
         let may_retry = may_repeat && set.servers().len() > 1;
-        let body = match crate::body::prepare(body, may_retry, &self.body.load()).await {
+        let body = match crate::body::prepare(body, may_retry, &self.body).await {
             Ok(b) => b,
             Err(fault) => return self.local_response(fault.status(), fault.text()),
         };
@@ -341,13 +340,7 @@ impl Proxy {
             .and_then(|name| take_cookie(&mut headers, name));
         strip_hop_by_hop(&mut headers);
         // A proxy in front of this one says who its client was.
-        let behind_front_proxy = edge_scheme.is_some()
-            && !self.opts.front_proxies.is_empty()
-            && self
-                .opts
-                .front_proxies
-                .iter()
-                .any(|n| n.contains(&peer.ip()));
+        let behind_front_proxy = edge_scheme.is_some() && self.opts.front_proxies.trusts(peer.ip());
         if edge_scheme.is_some() && !behind_front_proxy {
             // At the edge a client's own X-Forwarded-For is a claim anyone can make:
             // the address this proxy saw replaces it.

@@ -12,36 +12,30 @@ use http_body_util::{BodyExt, Full};
 use hyper::Response;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+
+mod common;
 
 use hastack_proxy::{Pool, Proxy, ProxyOptions};
 use hastack_runtime::front_door::{FrontDoor, HeadLimits};
 
 /// A backend that counts the requests it handles.
 async fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_http1(
-            listener,
-            move |req: hyper::Request<hyper::body::Incoming>, _peer| {
-                let c = c.clone();
-                async move {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                    let n = body.map(|b| b.len()).unwrap_or(0);
-                    Response::new(Full::new(Bytes::from(format!("got {n}"))))
-                }
-            },
-            rx,
-        )
-        .await;
-    });
+    let addr = common::serve(
+        hastack_runtime::Serving::default(),
+        move |req: hyper::Request<hyper::body::Incoming>, _peer| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let n = body.map(|b| b.len()).unwrap_or(0);
+                Response::new(Full::new(Bytes::from(format!("got {n}"))))
+            }
+        },
+    )
+    .await;
     (addr, count)
 }
 
@@ -64,26 +58,15 @@ async fn front_door(upstream: SocketAddr, door: FrontDoor) -> (SocketAddr, Arc<F
     let pool = Pool::new("t", &[("b".to_string(), upstream)], None, &mut registry);
     let proxy = Proxy::new(ProxyOptions::new("front"), pool, &mut registry);
     let door = Arc::new(door);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = watch::channel(false);
     let serving = hastack_runtime::Serving {
         door: door.clone(),
         ..Default::default()
     };
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_with(
-            listener,
-            serving,
-            move |req, peer| {
-                let p = proxy.clone();
-                async move { p.forward_as(req, peer, "http").await }
-            },
-            rx,
-        )
-        .await;
-    });
+    let addr = common::serve(serving, move |req, peer| {
+        let p = proxy.clone();
+        async move { p.forward_as(req, peer, "http").await }
+    })
+    .await;
     (addr, door)
 }
 
@@ -331,27 +314,20 @@ impl hyper::body::Body for Endless {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     // The upstream streams an endless answer and says when it is let go.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let up = listener.local_addr().expect("addr");
     let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
     let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_http1(
-            listener,
-            move |_req: hyper::Request<hyper::body::Incoming>, _peer| {
-                let d = dropped_tx.clone();
-                async move {
-                    Response::new(Endless {
-                        dropped: d.lock().expect("lock").take(),
-                    })
-                }
-            },
-            rx,
-        )
-        .await;
-    });
+    let up = common::serve(
+        hastack_runtime::Serving::default(),
+        move |_req: hyper::Request<hyper::body::Incoming>, _peer| {
+            let d = dropped_tx.clone();
+            async move {
+                Response::new(Endless {
+                    dropped: d.lock().expect("lock").take(),
+                })
+            }
+        },
+    )
+    .await;
     let door = FrontDoor::default().with_write_timeout(Duration::from_millis(300));
     let (addr, _door) = front_door(up, door).await;
     // The client asks, then reads nothing: the proxy's writes to it stall.

@@ -14,44 +14,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
+mod common;
+
 use hastack_proxy::{HealthCheck, Pool, PoolOptions, Proxy, ProxyOptions};
 use hastack_runtime::{ProxyHeader, Serving, proxy_protocol};
 
 /// A backend whose listener reads PROXY headers as `header` says, answering with the
 /// peer it was given and the `X-Forwarded-For` and `-Proto` it got.
 async fn echo_backend(header: ProxyHeader) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = watch::channel(false);
     let serving = Serving {
         proxy_header: header,
         ..Default::default()
     };
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_with(
-            listener,
-            serving,
-            |req: Request<hyper::body::Incoming>, peer: SocketAddr| async move {
-                let h = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-")
-                        .to_string()
-                };
-                let body = format!(
-                    "peer={peer} xff={} proto={}",
-                    h("x-forwarded-for"),
-                    h("x-forwarded-proto")
-                );
-                Response::new(Full::new(Bytes::from(body)))
-            },
-            rx,
-        )
-        .await;
-    });
-    addr
+    common::serve(
+        serving,
+        |req: Request<hyper::body::Incoming>, peer: SocketAddr| async move {
+            let h = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            let body = format!(
+                "peer={peer} xff={} proto={}",
+                h("x-forwarded-for"),
+                h("x-forwarded-proto")
+            );
+            Response::new(Full::new(Bytes::from(body)))
+        },
+    )
+    .await
 }
 
 /// An edge proxy in front of `upstream`: its listener reads PROXY headers from
@@ -69,34 +62,20 @@ async fn edge(upstream: SocketAddr, front: &[&str], send: bool) -> SocketAddr {
         },
         &mut registry,
     );
+    // The listener and the proxy share one list, as in the lb.
+    let front_proxies = ProxyHeader::from_networks(&nets);
     let mut opts = ProxyOptions::new("edge");
-    opts.front_proxies = nets.clone();
+    opts.front_proxies = front_proxies.clone();
     let proxy = Proxy::new(opts, pool, &mut registry);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = watch::channel(false);
     let serving = Serving {
-        proxy_header: if nets.is_empty() {
-            ProxyHeader::Never
-        } else {
-            ProxyHeader::From(nets.into())
-        },
+        proxy_header: front_proxies,
         ..Default::default()
     };
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_with(
-            listener,
-            serving,
-            move |req, peer| {
-                let p = proxy.clone();
-                async move { p.forward_as(req, peer, "http").await }
-            },
-            rx,
-        )
-        .await;
-    });
-    addr
+    common::serve(serving, move |req, peer| {
+        let p = proxy.clone();
+        async move { p.forward_as(req, peer, "http").await }
+    })
+    .await
 }
 
 /// A connection to `to` from the local address `from` (any port).

@@ -144,6 +144,15 @@ pub enum ProxyHeader {
 }
 
 impl ProxyHeader {
+    /// Headers from the proxies at `networks` (none: [`ProxyHeader::Never`]).
+    pub fn from_networks(networks: &[ipnet::IpNet]) -> ProxyHeader {
+        if networks.is_empty() {
+            ProxyHeader::Never
+        } else {
+            ProxyHeader::From(networks.into())
+        }
+    }
+
     /// Whether `peer` is one of the networks of [`ProxyHeader::From`].
     pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
         match self {
@@ -220,12 +229,8 @@ pub async fn serve_with<F, Fut, B>(
         let watcher = graceful.watcher();
         let (h1, h2) = (h1.clone(), h2.clone());
         let (tls, door) = (serving.tls.clone(), serving.door.clone());
-        let header = match &serving.proxy_header {
-            ProxyHeader::Never => false,
-            ProxyHeader::Always => true,
-            h => h.trusts(peer.ip()),
-        };
         let required = matches!(serving.proxy_header, ProxyHeader::Always);
+        let header = required || serving.proxy_header.trusts(peer.ip());
         tokio::spawn(async move {
             let _admitted = admitted;
             if header

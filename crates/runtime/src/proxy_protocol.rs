@@ -151,8 +151,10 @@ pub async fn starts_with_header(tcp: &TcpStream, timeout: Duration) -> bool {
             match tcp.peek(&mut b).await {
                 Ok(n) if n >= SIGNATURE.len() => return b == SIGNATURE,
                 // Fewer bytes than a signature: a prefix of one may still become one.
+                // A peek leaves the socket readable, so there is no event to wait
+                // for until more bytes come: look again shortly (a header split
+                // inside its first 12 bytes is rare; `timeout` bounds the wait).
                 Ok(n) if n > 0 && b[..n] == SIGNATURE[..n] => {
-                    tcp.readable().await.ok();
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 _ => return false,

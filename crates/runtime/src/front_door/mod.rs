@@ -96,9 +96,9 @@ impl FrontDoor {
     }
 
     /// This front door with writes that may wait `d` for the client to read.
-    pub fn with_write_timeout(self, d: Duration) -> FrontDoor {
+    pub fn with_write_timeout(mut self, d: Duration) -> FrontDoor {
         self.settings
-            .lock()
+            .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .write_timeout = d;
         self
