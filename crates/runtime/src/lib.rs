@@ -92,6 +92,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// head must begin; a connection idle longer is closed.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most an HTTP/1.1 connection buffers each way (and the longest request head).
+pub const MAX_CONN_BUFFER: usize = 64 * 1024;
+
 /// How long a PROXY protocol header may take to arrive.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -203,7 +206,12 @@ pub async fn serve_with<F, Fut, B>(
     // door's own (408) runs from the head's first byte.
     h1.timer(TokioTimer::new())
         .header_read_timeout(KEEPALIVE_TIMEOUT + serving.door.head_timeout())
-        .keep_alive(true);
+        .keep_alive(true)
+        // At most this much read ahead or queued for the client per connection (hyper's
+        // default is 400 KiB: 100 MB of peak RSS for 256 clients of 100 KiB answers).
+        // It bounds a request head too, as HAProxy's 16 KiB buffer and nginx's 4 x 8 KiB
+        // header buffers do; hyper answers a longer head with 431.
+        .max_buf_size(MAX_CONN_BUFFER);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // hyper's h2 refuses malformed and connection-specific headers, a content-length
     // that disagrees with the DATA frames, and answers a flood of reset streams
@@ -255,23 +263,13 @@ pub async fn serve_with<F, Fut, B>(
                         .watch(h1.serve_connection(TokioIo::new(io), svc))
                         .await
                 }
+                // Boxed: the TLS and h2 states would otherwise make every plain
+                // connection's task as large as theirs (moved on each spawn).
                 Some(tls) => {
-                    let Some(stream) = tls.accept(stream).await else {
-                        return;
-                    };
-                    let is_h2 = stream.get_ref().1.alpn_protocol() == Some(hastack_tls::ALPN_H2);
-                    if is_h2 {
-                        let svc = service(handler, peer, None);
-                        watcher
-                            .watch(h2.serve_connection(TokioIo::new(stream), svc))
-                            .await
-                    } else {
-                        let (io, guard) = door.wrap(stream, peer);
-                        let svc = service(handler, peer, Some(guard));
-                        watcher
-                            .watch(h1.serve_connection(TokioIo::new(io), svc))
-                            .await
-                    }
+                    Box::pin(serve_tls(
+                        tls, stream, peer, door, &h1, &h2, handler, watcher,
+                    ))
+                    .await
                 }
             };
             if let Err(e) = result {
@@ -304,6 +302,42 @@ pub async fn serve_with<F, Fut, B>(
         .is_err()
     {
         warn!("connections still open after the drain timeout; closing them");
+    }
+}
+
+/// Serves one TLS connection: h2 when the client chose it by ALPN, else HTTP/1.1
+/// through the front door.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls<F, Fut, B>(
+    tls: hastack_tls::Acceptor,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    door: Arc<front_door::FrontDoor>,
+    h1: &hyper::server::conn::http1::Builder,
+    h2: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    handler: F,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(stream) = tls.accept(stream).await else {
+        return Ok(());
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(hastack_tls::ALPN_H2) {
+        let svc = service(handler, peer, None);
+        watcher
+            .watch(h2.serve_connection(TokioIo::new(stream), svc))
+            .await
+    } else {
+        let (io, guard) = door.wrap(stream, peer);
+        let svc = service(handler, peer, Some(guard));
+        watcher
+            .watch(h1.serve_connection(TokioIo::new(io), svc))
+            .await
     }
 }
 

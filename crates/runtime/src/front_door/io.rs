@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -69,11 +70,11 @@ pub struct Guarded<IO> {
     io: IO,
     scanner: Scanner,
     guard: Arc<ConnGuard>,
-    /// Read from the socket, not yet passed on: `buf[lo..hi]`; of those, the first
-    /// `checked` bytes may go to the parser.
-    buf: Vec<u8>,
-    lo: usize,
-    hi: usize,
+    /// Read from the socket, not yet passed on; of those, the first `checked` bytes may
+    /// go to the parser. Read into without zeroing first (a `Vec` resized for each
+    /// connection cost a 16 KiB memset per connection: 2% of the lb's CPU with a new
+    /// connection per request).
+    buf: BytesMut,
     checked: usize,
     eof: bool,
     phase: Phase,
@@ -100,9 +101,7 @@ impl<IO> Guarded<IO> {
             io,
             scanner,
             guard,
-            buf: Vec::new(),
-            lo: 0,
-            hi: 0,
+            buf: BytesMut::new(),
             checked: 0,
             eof: false,
             phase: Phase::Open,
@@ -160,8 +159,8 @@ impl<IO> Guarded<IO> {
     /// Runs the scanner over the unchecked bytes until it needs more or refuses.
     fn check(&mut self) {
         let before = self.scanner.requests();
-        while self.lo + self.checked < self.hi {
-            let unchecked = &self.buf[self.lo + self.checked..self.hi];
+        while self.checked < self.buf.len() {
+            let unchecked = &self.buf[self.checked..];
             match self.scanner.scan(unchecked) {
                 Step::Pass(n) => {
                     self.checked += n;
@@ -191,13 +190,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             // Checked bytes go first: they come before whatever was refused.
             if this.checked > 0 {
                 let n = this.checked.min(out.remaining());
-                out.put_slice(&this.buf[this.lo..this.lo + n]);
-                this.lo += n;
+                out.put_slice(&this.buf[..n]);
+                this.buf.advance(n);
                 this.checked -= n;
-                if this.lo == this.hi {
-                    this.lo = 0;
-                    this.hi = 0;
-                }
                 return Poll::Ready(Ok(()));
             }
             match this.phase {
@@ -225,7 +220,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 return Poll::Ready(Ok(()));
             }
             // A head that has begun must be complete by its deadline.
-            if this.scanner.in_head() && this.hi > this.lo {
+            if this.scanner.in_head() && !this.buf.is_empty() {
                 let deadline = this.deadline.get_or_insert_with(|| {
                     Box::pin(tokio::time::sleep_until(Instant::now() + this.head_timeout))
                 });
@@ -236,25 +231,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
             } else {
                 this.deadline = None;
             }
-            // Room for another read.
-            if this.lo > 0 && this.buf.len() - this.hi < READ_CHUNK {
-                this.buf.copy_within(this.lo..this.hi, 0);
-                this.hi -= this.lo;
-                this.lo = 0;
-            }
-            if this.buf.len() - this.hi < READ_CHUNK {
-                this.buf.resize(this.hi + READ_CHUNK, 0);
-            }
-            let mut rb = ReadBuf::new(&mut this.buf[this.hi..]);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            // Room for another read (the bytes passed on are reclaimed first).
+            this.buf.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
+                Poll::Ready(Ok(n)) => {
                     if n == 0 {
                         this.eof = true;
                     }
-                    this.hi += n;
                     this.check();
                 }
             }

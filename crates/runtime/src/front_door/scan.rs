@@ -29,6 +29,16 @@ pub struct HeadLimits {
 /// The most header lines any configuration may allow (hyper's own default is 100).
 pub const MAX_HEADERS_CAP: usize = 128;
 
+/// The longest whole request head, request line and headers together: HAProxy's
+/// 16 KiB buffer and nginx's 4 x 8 KiB header buffers bound it likewise. Below the
+/// HTTP parser's own buffer ([`crate::MAX_CONN_BUFFER`]), so the front door refuses
+/// a long head (counted) before the parser would.
+pub const MAX_HEAD: usize = 48 * 1024;
+const _: () = assert!(
+    MAX_HEAD < crate::MAX_CONN_BUFFER,
+    "the parser's buffer must hold a head"
+);
+
 /// The longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -119,6 +129,12 @@ pub mod refusals {
         431,
         "too_many_headers",
         "the request has more header lines than this server accepts",
+    );
+    /// A head longer than [`MAX_HEAD`] in all.
+    pub const HEAD_TOO_LARGE: Refusal = Refusal::new(
+        431,
+        "head_too_large",
+        "the request head is longer than this server accepts",
     );
     /// A request line over the limit.
     pub const URI_TOO_LONG: Refusal = Refusal::new(
@@ -304,6 +320,9 @@ impl Scanner {
                 if partial > self.limits.max_line + 1 {
                     return Step::Refuse(if first { URI_TOO_LONG } else { LINE_TOO_LONG });
                 }
+                if buf.len() > MAX_HEAD {
+                    return Step::Refuse(HEAD_TOO_LARGE);
+                }
                 break;
             };
             let text = nl - usize::from(nl > 0 && buf[start + nl - 1] == b'\r');
@@ -327,6 +346,9 @@ impl Scanner {
             }
             first = false;
             start += nl + 1;
+            if start > MAX_HEAD {
+                return Step::Refuse(HEAD_TOO_LARGE);
+            }
         }
         let Some(end) = end else {
             self.progress = HeadProgress {

@@ -206,6 +206,21 @@ fn limit_too_many_header_lines_is_431() {
 }
 
 #[test]
+fn limit_a_head_over_max_head_in_all_is_431_though_each_line_is_short() {
+    let head = |lines: usize| {
+        let fill = "x".repeat(7 * 1024);
+        let fields: String = (0..lines).map(|i| format!("X-{i}: {fill}\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n")
+    };
+    let within = head(6);
+    assert!(within.len() < MAX_HEAD);
+    assert_eq!(run(within.as_bytes()), (within.len(), None, 1));
+    let over = head(8);
+    assert!(over.len() > MAX_HEAD);
+    assert_eq!(refused(&over), refusals::HEAD_TOO_LARGE);
+}
+
+#[test]
 fn malformed_heads_are_refused_not_passed() {
     for req in [
         "GET / HTTP/1.1\r\nHost : a\r\n\r\n", // space before the colon
