@@ -359,7 +359,7 @@ async fn tls_handshake(
 }
 
 /// The most an upstream connection's read buffer holds.
-const UPSTREAM_READ_BUF: usize = 64 * 1024;
+const UPSTREAM_READ_BUF: usize = 128 * 1024;
 
 async fn handshake<B, I>(addr: SocketAddr, io: I) -> Result<SendRequest<B>, String>
 where
@@ -368,9 +368,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    // hyper's read buffer grows while reads fill it, to 400 KiB by default: with
-    // 100 KiB answers on 256 connections that made the lb's peak RSS 100 MB (HAProxy
-    // uses 16 KiB buffers). Bodies stream through in pieces of at most this size.
+    // hyper's read buffer grows while reads fill it, to 400 KiB by default. Capped
+    // here; bodies stream through in pieces of at most this size. bench/lb.sh, 100 KiB
+    // answers: at 64 KiB (two reads an answer) 0.87-0.94x HAProxy's requests per
+    // CPU-second and 71 MB peak RSS at 256 clients; at 128 KiB 1.01-1.10x and 107 MB;
+    // uncapped 0.98-1.06x and 118 MB.
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(UPSTREAM_READ_BUF)
         .handshake(io)
