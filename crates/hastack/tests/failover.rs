@@ -88,6 +88,26 @@ fn a_killed_web_node_gets_no_traffic_once_the_health_check_notices() {
         seen.iter().any(|s| s.contains("web1")) && seen.iter().any(|s| s.contains("web2")),
         "{seen:?}"
     );
+    // A byte range of a static file through the lb (RFC 9110 §14): 206 with those
+    // bytes, 416 past the end.
+    let whole = stack.get("/static/style.css").expect("css");
+    let len = whole.body.len();
+    let range = |v: &str| {
+        http(stack.vip(), "GET", "/static/style.css", &[("Range", v)], "").expect("range")
+    };
+    let r = range("bytes=0-9");
+    assert_eq!(r.status, 206, "{:?}", r.headers);
+    assert_eq!(r.body, whole.body[..10]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 0-9/{len}").as_str())
+    );
+    let r = range("bytes=99999-");
+    assert_eq!(r.status, 416, "{:?}", r.headers);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{len}").as_str())
+    );
 
     stack.ctl_ok(&["kill", "web1"]);
     eventually(
