@@ -280,66 +280,35 @@ impl Live {
                 needs_restart.push(format!("{what}: {before} -> {after}"));
             }
         };
-        differs(
-            "this node's address",
-            was.address.to_string(),
-            me.address.to_string(),
-        );
-        differs(
-            "this node's priority",
-            format!("{:?}", was.priority),
-            format!("{:?}", me.priority),
-        );
-        differs("vip.address", running.vip.to_string(), new.vip.to_string());
-        differs(
-            "vip.port",
-            running.http_port.to_string(),
-            new.http_port.to_string(),
-        );
-        differs(
-            "vip.https_port",
-            format!("{:?}", running.https_port),
-            format!("{:?}", new.https_port),
-        );
+        let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+        differs("this node's address", d(&was.address), d(&me.address));
+        differs("this node's priority", d(&was.priority), d(&me.priority));
+        differs("vip.address", d(&running.vip), d(&new.vip));
+        differs("vip.port", d(&running.http_port), d(&new.http_port));
+        differs("vip.https_port", d(&running.https_port), d(&new.https_port));
         differs(
             "mode",
             running.mode.as_str().to_string(),
             new.mode.as_str().to_string(),
         );
-        differs(
-            "[ports]",
-            format!("{:?}", running.ports),
-            format!("{:?}", new.ports),
-        );
-        differs(
-            "[vrrp]",
-            format!("{:?}", running.vrrp),
-            format!("{:?}", new.vrrp),
-        );
-        differs(
-            "[tls]",
-            format!("{:?}", running.tls),
-            format!("{:?}", new.tls),
-        );
-        differs(
-            "[health]",
-            format!("{:?}", running.health),
-            format!("{:?}", new.health),
-        );
+        differs("[ports]", d(&running.ports), d(&new.ports));
+        differs("[vrrp]", d(&running.vrrp), d(&new.vrrp));
+        differs("[tls]", d(&running.tls), d(&new.tls));
+        differs("[health]", d(&running.health), d(&new.health));
         differs(
             "lb.front_proxies",
-            format!("{:?}", running.lb.front_proxies),
-            format!("{:?}", new.lb.front_proxies),
+            d(&running.lb.front_proxies),
+            d(&new.lb.front_proxies),
         );
         differs(
             "http.access_log",
-            format!("{:?}", running.http.access_log),
-            format!("{:?}", new.http.access_log),
+            d(&running.http.access_log),
+            d(&new.http.access_log),
         );
         differs(
             "lb.send_proxy",
-            running.lb.send_proxy.to_string(),
-            new.lb.send_proxy.to_string(),
+            d(&running.lb.send_proxy),
+            d(&new.lb.send_proxy),
         );
         let lbs = |t: &Topology| {
             t.tier(Role::Lb)
@@ -370,7 +339,7 @@ impl Live {
             ));
         }
         self.limits.set(n.max_conn, n.max_conn_per_client);
-        if format!("{:?}", running.http) != format!("{:?}", new.http) {
+        if d(&running.http) != d(&new.http) {
             changes.push(format!(
                 "[http]: {:?} -> {:?} (for new connections)",
                 running.http, new.http

@@ -8,12 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use hastack_proxy::{Balance, Pool, PoolOptions, Proxy, ProxyOptions};
+mod common;
+
+use hastack_proxy::{Balance, PoolOptions, Proxy, ProxyOptions};
 
 /// A backend called `name`: `/slow` takes a second, every answer has `status`; it
 /// records the `Cookie` headers it saw. Stopped when the returned sender is dropped.
@@ -55,30 +56,7 @@ async fn front(
     opts: PoolOptions,
     tune: impl FnOnce(&mut ProxyOptions),
 ) -> (SocketAddr, Arc<Proxy>) {
-    let servers: Vec<(String, SocketAddr)> =
-        servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    let mut registry = Registry::default();
-    let pool = Pool::with_options("t", &servers, None, opts, &mut registry);
-    let mut o = ProxyOptions::new("front");
-    tune(&mut o);
-    let proxy = Proxy::new(o, pool, &mut registry);
-    let serving = proxy.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_http1(
-            listener,
-            move |req, peer| {
-                let p = serving.clone();
-                async move { p.forward(req, peer).await }
-            },
-            rx,
-        )
-        .await;
-    });
-    (addr, proxy)
+    common::front_over(servers, opts, tune).await
 }
 
 /// Polls `cond` every 10 ms until it holds; panics after 5 s.

@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod common;
+
 use hastack_proxy::{Balance, Pool, PoolOptions, Proxy, ProxyOptions};
 
 /// What a backend saw of the last request.
@@ -103,37 +105,18 @@ async fn front_with(
     front_pool(servers, PoolOptions::default(), tune).await
 }
 
-/// A proxy called `front` over a pool with `pool_opts`.
+/// A proxy called `front` over a pool with `pool_opts`; answers time out after 5 s
+/// unless `tune` says otherwise.
 async fn front_pool(
     servers: &[(&str, SocketAddr)],
     pool_opts: PoolOptions,
     tune: impl FnOnce(&mut ProxyOptions),
 ) -> (SocketAddr, Arc<Proxy>) {
-    let servers: Vec<(String, SocketAddr)> =
-        servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
-    let mut registry = Registry::default();
-    let pool = Pool::with_options("t", &servers, None, pool_opts, &mut registry);
-    let mut opts = ProxyOptions::new("front");
-    opts.response_timeout = Duration::from_secs(5);
-    tune(&mut opts);
-    let proxy = Proxy::new(opts, pool, &mut registry);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = watch::channel(false);
-    let p = proxy.clone();
-    tokio::spawn(async move {
-        let _keep = tx;
-        hastack_runtime::serve_http1(
-            listener,
-            move |req, peer| {
-                let p = p.clone();
-                async move { p.forward(req, peer).await }
-            },
-            rx,
-        )
-        .await;
-    });
-    (addr, proxy)
+    common::front_over(servers, pool_opts, |o| {
+        o.response_timeout = Duration::from_secs(5);
+        tune(o);
+    })
+    .await
 }
 
 struct Resp {

@@ -27,3 +27,28 @@ where
     });
     addr
 }
+
+/// A proxy called `front` over `servers` (a pool with `pool_opts`), its options
+/// adjusted by `tune`, serving HTTP/1.1 on a port from the OS: the address and the
+/// proxy.
+#[allow(dead_code)] // not every test file proxies through a pool of its own
+pub(crate) async fn front_over(
+    servers: &[(&str, SocketAddr)],
+    pool_opts: hastack_proxy::PoolOptions,
+    tune: impl FnOnce(&mut hastack_proxy::ProxyOptions),
+) -> (SocketAddr, std::sync::Arc<hastack_proxy::Proxy>) {
+    let servers: Vec<(String, SocketAddr)> =
+        servers.iter().map(|(n, a)| (n.to_string(), *a)).collect();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let pool = hastack_proxy::Pool::with_options("t", &servers, None, pool_opts, &mut registry);
+    let mut opts = hastack_proxy::ProxyOptions::new("front");
+    tune(&mut opts);
+    let proxy = hastack_proxy::Proxy::new(opts, pool, &mut registry);
+    let p = proxy.clone();
+    let addr = serve(hastack_runtime::Serving::default(), move |req, peer| {
+        let p = p.clone();
+        async move { p.forward(req, peer).await }
+    })
+    .await;
+    (addr, proxy)
+}
