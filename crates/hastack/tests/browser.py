@@ -6,9 +6,10 @@ Usage: browser.py URL SCREENSHOT.png
 Talks the DevTools protocol over Chromium's pipe transport (--remote-debugging-pipe:
 JSON messages ended by NUL, Chromium reads fd 3 and writes fd 4), so it needs nothing
 but Chromium and the Python standard library. It opens the page, checks that the
-stylesheet and the image loaded, fills in the form and clicks Post (the page's
-JavaScript posts to the JSON API), waits for the new post to show, reloads to see it
-rendered by the server, saves a screenshot, and prints what it saw as one JSON object.
+stylesheets, the logo, the hero photo and the fingerprinted script loaded, fills in
+the form and clicks Post (the page's JavaScript posts to the JSON API), waits for the
+new post to show, reloads to see it rendered by the server, saves a screenshot, and
+prints what it saw as one JSON object.
 Exits non-zero with a message when the browser or the page misbehaves; the assertions
 on what it saw are the Rust test's.
 """
@@ -148,6 +149,8 @@ def main():
             "title": js("document.title"),
             "button_color": js("getComputedStyle(document.querySelector('#new-post button')).backgroundColor"),
             "logo_width": js("document.querySelector('header img').naturalWidth"),
+            "hero_width": js("document.querySelector('.hero img').naturalWidth"),
+            "site_js": js("typeof window.foobarSite"),
         }
         js("""(() => {
             const f = document.getElementById('new-post');

@@ -1,6 +1,7 @@
 //! The site in a real browser: headless Chromium (Debian's `chromium`) loads the page
-//! over HTTPS through the VIP, trusting the stack's internal CA, the stylesheet and the image load, the form posts through the JSON
-//! API with the page's JavaScript, and the post is there after a reload.
+//! over HTTPS through the VIP, trusting the stack's internal CA; the stylesheets, the
+//! images and the fingerprinted script load, the form posts through the JSON API with
+//! the page's JavaScript, and the post is there after a reload.
 
 mod common;
 
@@ -50,6 +51,14 @@ fn a_person_can_read_and_post_with_a_real_browser() {
         "style.css did not apply: {seen}"
     );
     assert_eq!(seen["logo_width"], 48, "logo.png did not load: {seen}");
+    assert_eq!(
+        seen["hero_width"], 1600,
+        "the hero photo did not load: {seen}"
+    );
+    assert_eq!(
+        seen["site_js"], "object",
+        "the fingerprinted script did not run: {seen}"
+    );
     let status = seen["status_after_post"].as_str().unwrap_or("");
     assert!(
         status.starts_with("posted, served by lb1, web"),
