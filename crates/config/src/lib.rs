@@ -379,6 +379,68 @@ pub struct TlsSettings {
 pub struct WebSettings {
     /// Directory of static files; `None` serves the site built into the binary.
     pub root: Option<PathBuf>,
+    /// Compress answers (gzip, brotli, zstd) as the client accepts, for text types.
+    pub compress: bool,
+    /// Smallest body compressed.
+    pub compress_min_bytes: usize,
+    /// `Cache-Control` of static files: (pattern, value); a pattern is a path prefix
+    /// (`/static/`) or an extension (`*.css`); the longest matching pattern wins.
+    pub cache_control: Vec<(String, String)>,
+    /// A page of the site that replaces the app tier's answers with that status
+    /// (nginx's `error_page` with `proxy_intercept_errors`).
+    pub error_pages: Vec<(u16, String)>,
+    /// The microcache of the app tier's answers.
+    pub cache: CacheSettings,
+}
+
+impl Default for WebSettings {
+    fn default() -> WebSettings {
+        WebSettings {
+            root: None,
+            compress: true,
+            compress_min_bytes: 1024,
+            cache_control: Vec::new(),
+            error_pages: Vec::new(),
+            cache: CacheSettings::default(),
+        }
+    }
+}
+
+/// The web nodes' microcache of GET answers from the app tier (`[web.cache]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// How long an answer is fresh when the app's `Cache-Control` says nothing;
+    /// zero turns the cache off.
+    pub ttl: Duration,
+    /// Bytes held, all entries together; the least used go first.
+    pub max_bytes: u64,
+    /// Largest answer kept.
+    pub max_object_bytes: usize,
+    /// After it is stale, an answer is still served this long while one request
+    /// fetches the new one in the background.
+    pub stale_while_revalidate: Duration,
+    /// After it is stale, an answer is still served this long when the app tier fails
+    /// (5xx, or no app node answers).
+    pub stale_if_error: Duration,
+    /// Concurrent misses of one answer wait this long for the one request that went
+    /// upstream before going themselves.
+    pub lock_timeout: Duration,
+    /// Cookies that make a request personal (never cached); empty: any cookie.
+    pub session_cookies: Vec<String>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> CacheSettings {
+        CacheSettings {
+            ttl: Duration::ZERO,
+            max_bytes: 64 << 20,
+            max_object_bytes: 1 << 20,
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(300),
+            lock_timeout: Duration::from_secs(5),
+            session_cookies: Vec::new(),
+        }
+    }
 }
 
 /// What a write's acknowledgement promises.

@@ -103,7 +103,25 @@ access_log = "off"         # "text" (NCSA combined + server and time) or "json":
                            # request in <state_dir>/logs/NODE-access.log
 
 [web]
-# root = "site"            # serve this directory instead of the built-in site
+# root = "site"            # serve this directory instead of the built-in site; FILE.br,
+                           # FILE.zst and FILE.gz beside a file are sent to clients that
+                           # accept them (else text files are compressed at start)
+compress = true            # gzip, brotli or zstd, as the client accepts, for text types
+compress_min_bytes = 1024  # smaller answers go as they are
+# [web.cache_control]      # Cache-Control of static files by path prefix or extension (the
+# "/static/" = "public, max-age=3600"   # longest pattern wins); a fingerprinted name
+# "*.html" = "no-cache"    # (style.3f9a1c2e.css) gets "public, max-age=31536000, immutable"
+# [web.error_pages]        # a page of the site instead of the app tier's answer
+# 502 = "/50x.html"
+
+[web.cache]                # the microcache of the app tier's GET answers
+ttl_ms = 0                 # fresh this long when the app's Cache-Control says nothing (0: off)
+max_bytes = 67108864       # all answers together; the least used are evicted
+max_object_bytes = 1048576 # larger answers are not kept
+stale_while_revalidate_ms = 10000  # a stale answer is served while one request refreshes it
+stale_if_error_ms = 300000 # a stale answer is served when every app node fails
+lock_timeout_ms = 5000     # concurrent misses wait this long for the one request upstream
+session_cookies = []       # cookies that make a request personal (not cached); [] = any cookie
 
 [db]
 primary = "db1"            # the initial primary; after a failover the db nodes decide
@@ -497,10 +515,148 @@ struct RawCertificate {
     key: Spanned<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawWeb {
     root: Option<String>,
+    compress: bool,
+    compress_min_bytes: u64,
+    cache_control: std::collections::BTreeMap<String, Spanned<String>>,
+    error_pages: std::collections::BTreeMap<String, Spanned<String>>,
+    cache: RawCache,
+}
+
+impl Default for RawWeb {
+    fn default() -> RawWeb {
+        let d = crate::WebSettings::default();
+        RawWeb {
+            root: None,
+            compress: d.compress,
+            compress_min_bytes: d.compress_min_bytes as u64,
+            cache_control: Default::default(),
+            error_pages: Default::default(),
+            cache: RawCache::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    ttl_ms: u64,
+    max_bytes: Spanned<u64>,
+    max_object_bytes: Spanned<u64>,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
+    lock_timeout_ms: Spanned<u64>,
+    session_cookies: Vec<Spanned<String>>,
+}
+
+impl Default for RawCache {
+    fn default() -> RawCache {
+        let d = crate::CacheSettings::default();
+        RawCache {
+            ttl_ms: d.ttl.as_millis() as u64,
+            max_bytes: Spanned::new(0..0, d.max_bytes),
+            max_object_bytes: Spanned::new(0..0, d.max_object_bytes as u64),
+            stale_while_revalidate_ms: d.stale_while_revalidate.as_millis() as u64,
+            stale_if_error_ms: d.stale_if_error.as_millis() as u64,
+            lock_timeout_ms: Spanned::new(0..0, d.lock_timeout.as_millis() as u64),
+            session_cookies: Vec::new(),
+        }
+    }
+}
+
+/// The `[web]` section, checked.
+fn web_settings(raw: RawWeb, c: &mut Checker) -> WebSettings {
+    let mut cache_control = Vec::new();
+    for (pattern, value) in raw.cache_control {
+        let ok_pattern = pattern.starts_with('/')
+            || pattern
+                .strip_prefix("*.")
+                .is_some_and(|e| !e.is_empty() && !e.contains(['/', '*']));
+        if !ok_pattern {
+            c.error(
+                &value,
+                format!("web.cache_control has the pattern \"{pattern}\", which is neither a path prefix nor an extension"),
+                "write a path prefix (\"/static/\") or an extension (\"*.css\")",
+            );
+        } else if http_value(value.get_ref()) {
+            cache_control.push((pattern, value.into_inner()));
+        } else {
+            c.error(
+                &value,
+                format!("web.cache_control.\"{pattern}\" is not a header value"),
+                "write visible ASCII, e.g. \"public, max-age=3600\"",
+            );
+        }
+    }
+    let mut error_pages = Vec::new();
+    for (status, page) in raw.error_pages {
+        let code = status
+            .parse::<u16>()
+            .ok()
+            .filter(|s| (400..=599).contains(s));
+        match code {
+            None => c.error(
+                &page,
+                format!("web.error_pages has \"{status}\", which is not an error status"),
+                "write a status from 400 to 599, e.g. 502 = \"/50x.html\"",
+            ),
+            Some(_) if !page.get_ref().starts_with('/') => c.error(
+                &page,
+                format!(
+                    "web.error_pages.{status} is \"{}\", which is not a path of the site",
+                    page.get_ref()
+                ),
+                "write the page's URL path, e.g. \"/50x.html\"",
+            ),
+            Some(code) => error_pages.push((code, page.into_inner())),
+        }
+    }
+    let cache = raw.cache;
+    c.positive(&cache.max_bytes, "web.cache.max_bytes");
+    c.positive(&cache.max_object_bytes, "web.cache.max_object_bytes");
+    c.positive(&cache.lock_timeout_ms, "web.cache.lock_timeout_ms");
+    let mut session_cookies = Vec::new();
+    for name in cache.session_cookies {
+        if name.get_ref().is_empty() || name.get_ref().contains([';', '=', ' ', ',']) {
+            c.error(
+                &name,
+                format!(
+                    "web.cache.session_cookies has \"{}\", which is not a cookie name",
+                    name.get_ref()
+                ),
+                "write cookie names such as \"session\"; [] treats every cookie as personal",
+            );
+        } else {
+            session_cookies.push(name.into_inner());
+        }
+    }
+    WebSettings {
+        root: raw.root.map(PathBuf::from),
+        compress: raw.compress,
+        compress_min_bytes: usize::try_from(raw.compress_min_bytes).unwrap_or(usize::MAX),
+        cache_control,
+        error_pages,
+        cache: crate::CacheSettings {
+            ttl: Duration::from_millis(cache.ttl_ms),
+            max_bytes: cache.max_bytes.into_inner(),
+            max_object_bytes: usize::try_from(cache.max_object_bytes.into_inner())
+                .unwrap_or(usize::MAX),
+            stale_while_revalidate: Duration::from_millis(cache.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(cache.stale_if_error_ms),
+            lock_timeout: Duration::from_millis(cache.lock_timeout_ms.into_inner()),
+            session_cookies,
+        },
+    }
+}
+
+/// Whether `v` may be sent as a header value.
+fn http_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b))
 }
 
 #[derive(Deserialize)]
@@ -846,6 +1002,7 @@ pub(crate) fn validate(
     };
 
     let lb = lb_settings(&raw.lb, &mut c);
+    let web = web_settings(raw.web, &mut c);
     let hp = &raw.http;
     c.positive(&hp.head_timeout_ms, "http.head_timeout_ms");
     c.positive(&hp.write_timeout_ms, "http.write_timeout_ms");
@@ -1191,9 +1348,7 @@ pub(crate) fn validate(
             body_buffer: buffer as usize,
             access_log,
         },
-        web: WebSettings {
-            root: raw.web.root.map(PathBuf::from),
-        },
+        web,
         db: DbSettings {
             primary,
             mariadbd: raw.db.mariadbd,

@@ -471,3 +471,67 @@ fn two_thousand_idle_connections_leave_every_web_node_healthy_and_others_served(
     assert_eq!(text.matches("\"healthy\":true").count(), 2, "{shown}");
     drop(idle);
 }
+
+#[test]
+fn with_every_app_node_killed_the_web_tier_serves_its_last_good_pages() {
+    // The microcache on (issue 9): fresh for 300 ms, then kept an hour for errors.
+    let stack = Stack::up_edited(Options { sqlite: true }, |t| {
+        format!(
+            "{t}\n[web.cache]\nttl_ms = 300\nstale_while_revalidate_ms = 0\nstale_if_error_ms = 3600000\n"
+        )
+    });
+    eventually("the VIP", Duration::from_secs(10), || served_by(&stack));
+    let write = http(
+        stack.vip(),
+        "POST",
+        "/api/posts",
+        &[("Content-Type", "application/json")],
+        r#"{"author":"t","body":"kept through the outage"}"#,
+    )
+    .expect("post");
+    assert_eq!(write.status, 201, "{}", write.body);
+    // Both web nodes fetch the page (the lbs take turns) and say so in X-Cache.
+    let mut filled = std::collections::BTreeSet::new();
+    let mut good = String::new();
+    eventually(
+        "both web nodes to keep the page",
+        Duration::from_secs(10),
+        || {
+            let r = stack.get("/api/posts").ok()?;
+            // A page kept from before the post may still be fresh for a moment.
+            if r.status != 200 || !r.body.contains("kept through the outage") {
+                return None;
+            }
+            let web = r.header("x-served-by")?.split(", ").nth(1)?.to_string();
+            if r.header("x-cache").is_some() {
+                filled.insert(web);
+            }
+            good = r.body;
+            (filled.len() == 2).then_some(())
+        },
+    );
+
+    stack.ctl_ok(&["kill", "app1"]);
+    stack.ctl_ok(&["kill", "app2"]);
+    // Past the 300 ms of freshness (the expiry is what is under test).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut stale_from = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = stack.get("/api/posts").expect("request");
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(
+            r.header("x-cache"),
+            Some("STALE"),
+            "request {i}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.body, good, "the last good page");
+        if let Some(web) = r.header("x-served-by").and_then(|s| s.split(", ").nth(1)) {
+            stale_from.insert(web.to_string());
+        }
+    }
+    assert_eq!(stale_from.len(), 2, "both web nodes: {stale_from:?}");
+    // A page no web node ever kept has nothing to fall back on.
+    let r = stack.get("/api/posts?limit=3").expect("request");
+    assert!(r.status >= 500, "{} {}", r.status, r.body);
+}

@@ -1,5 +1,8 @@
-//! Request bodies on their way upstream: held in memory when the request may have to be
-//! sent twice, streamed otherwise, and bounded either way.
+//! Bodies through the proxy: the client's request body on its way upstream, and the
+//! answer's body on its way back ([`ProxyBody`]).
+//!
+//! Request bodies are held in memory when the request may have to be sent twice,
+//! streamed otherwise, and bounded either way.
 //!
 //! A proxy that buffers every body up to its size limit lets a few hundred clients
 //! posting large bodies hold gigabytes. Here only an idempotent request with another
@@ -17,13 +20,90 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::StatusCode;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::conn::PooledBody;
+
 /// A request body as it goes upstream: held whole, or streamed from the client.
 pub type RequestBody = Either<Full<Bytes>, Streamed>;
+
+/// An error of a body, whatever made it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request's body as the data plane gets it: a client's, or none for a request this
+/// node makes itself (a cache's revalidation).
+#[derive(Debug)]
+pub enum ClientBody {
+    /// From a client connection.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+/// An answer's body: streamed from upstream, made here whole, or made by a layer on the
+/// way back (compressed, cut from a cache). The third kind is what keeps the set open:
+/// a layer wraps whatever body it got and boxes the result.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// Straight from a server of the pool; returns its connection once read.
+    Upstream(PooledBody),
+    /// Made whole by this node (an error answer, a static file, a cache hit).
+    Full(Full<Bytes>),
+    /// Made by a layer.
+    Layered(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl ProxyBody {
+    /// A whole body of `bytes`.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Full::new(bytes.into()))
+    }
+
+    /// A layer's body.
+    pub fn layered<B>(body: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ProxyBody::Layered(body.map_err(Into::into).boxed_unsync())
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            ProxyBody::Layered(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_end_stream(),
+            ProxyBody::Layered(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Full(b) => b.size_hint(),
+            ProxyBody::Layered(b) => b.size_hint(),
+        }
+    }
+}
 
 /// What a proxy accepts of request bodies, and how much of them it holds in memory.
 #[derive(Debug)]
@@ -96,17 +176,20 @@ pub(crate) struct Prepared {
 /// budget, streamed otherwise. A body announced larger than the limit is refused
 /// before a byte of it is read. Most requests have none: they skip the rules.
 pub(crate) async fn prepare(
-    body: Incoming,
+    body: ClientBody,
     may_retry: bool,
     rules: &ArcSwap<BodyRules>,
 ) -> Result<Prepared, BodyFault> {
-    if body.is_end_stream() {
-        return Ok(Prepared {
-            body: Either::Left(Full::new(Bytes::new())),
-            _held: None,
-            fault: None,
-        });
-    }
+    let body = match body {
+        ClientBody::Client(b) if !b.is_end_stream() => b,
+        _ => {
+            return Ok(Prepared {
+                body: Either::Left(Full::new(Bytes::new())),
+                _held: None,
+                fault: None,
+            });
+        }
+    };
     let rules = rules.load();
     let announced = body.size_hint().exact();
     if announced.is_some_and(|n| n > rules.max as u64) {

@@ -15,24 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tracing::{debug, warn};
 
-use crate::access_log::{AccessLog, Seen};
+use crate::access_log::AccessLog;
 use crate::balance::{Balance, HashOn, hash};
-use crate::body::{BodyRules, RequestBody};
-use crate::conn::{PooledBody, ProxyHeaderFor};
+use crate::body::ProxyBody;
+use crate::body::{BodyRules, ClientBody, RequestBody};
+use crate::conn::ProxyHeaderFor;
+use crate::phase::{Call, Upstream};
 use crate::pool::{NoServer, Pool};
-
-/// A response body: streamed from upstream, or made here.
-pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 /// The header every tier extends with its node name, so a response shows its path.
 pub static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -253,7 +251,7 @@ impl Proxy {
         let mut body =
             serde_json::json!({ "error": msg, "proxy": self.opts.node_name }).to_string();
         body.push('\n');
-        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -293,27 +291,30 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
-        edge_scheme: Option<&'static str>,
+        edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
-        let Some(log) = &self.opts.access_log else {
-            return self.exchange(req, peer, edge_scheme, &mut None).await;
+        let call = Call {
+            req: req.map(ClientBody::Client),
+            peer,
+            edge,
         };
-        let started = tokio::time::Instant::now();
-        let seen = Seen::of(&req, peer);
-        let mut server = None;
-        let resp = self.exchange(req, peer, edge_scheme, &mut server).await;
-        log.log(&seen, &resp, server.as_deref(), started.elapsed());
-        resp
+        crate::phase::logged(self, call, |call| self.forward_call(call)).await
     }
 
-    /// Forwards `req`; `served` gets the name of the server that answered.
-    async fn exchange(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        edge_scheme: Option<&'static str>,
-        served: &mut Option<String>,
-    ) -> Response<ProxyBody> {
+    /// The access log, if this proxy keeps one.
+    pub(crate) fn access_log(&self) -> Option<&Arc<AccessLog>> {
+        self.opts.access_log.as_ref()
+    }
+
+    /// Forwards one request of a [`Chain`](crate::Chain) (its last stage) to a
+    /// server of the pool; the answer names that server ([`Upstream`]) when an access
+    /// log wants it.
+    pub(crate) async fn forward_call(&self, call: Call) -> Response<ProxyBody> {
+        let Call {
+            req,
+            peer,
+            edge: edge_scheme,
+        } = call;
         let (parts, body) = req.into_parts();
         // The servers and balancing options in force for this request, even if a
         // reload replaces them meanwhile.
@@ -456,9 +457,9 @@ impl Proxy {
                     }
                     self.count(resp.status());
                     if self.opts.access_log.is_some() {
-                        *served = Some(server.name.clone());
+                        resp.extensions_mut().insert(Upstream(server.name.clone()));
                     }
-                    return resp.map(Either::Left);
+                    return resp.map(ProxyBody::Upstream);
                 }
                 Ok(Err(f)) => {
                     // A request that never left can go out again as it is.

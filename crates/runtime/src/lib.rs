@@ -398,6 +398,10 @@ pub fn text_response(
 /// An HTML page of the admin port, made anew for each request.
 pub type Page = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// An operation of the admin port, run by a POST with the request's query string; it
+/// answers with a status and a JSON body.
+pub type Action = Arc<dyn Fn(Option<&str>) -> (StatusCode, String) + Send + Sync>;
+
 /// The admin endpoints of one node.
 #[derive(Clone)]
 pub struct Admin {
@@ -405,6 +409,7 @@ pub struct Admin {
     registry: Arc<Registry>,
     extra: Option<MetricsExtra>,
     pages: Vec<(&'static str, Page)>,
+    actions: Vec<(&'static str, Action)>,
 }
 
 impl Admin {
@@ -415,7 +420,14 @@ impl Admin {
             registry: Arc::new(registry),
             extra,
             pages: Vec::new(),
+            actions: Vec::new(),
         }
+    }
+
+    /// Runs `action` on a POST to `path` (e.g. the web node's `/cache/purge`).
+    pub fn with_action(mut self, path: &'static str, action: Action) -> Admin {
+        self.actions.push((path, action));
+        self
     }
 
     /// Serves `page` at `path` too (e.g. the lb's `/stats`).
@@ -426,6 +438,12 @@ impl Admin {
 
     /// Answers one admin request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == hyper::Method::POST
+            && let Some((_, action)) = self.actions.iter().find(|(p, _)| *p == req.uri().path())
+        {
+            let (status, body) = action(req.uri().query());
+            return text_response(status, "application/json", body);
+        }
         if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
             return text_response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
         }

@@ -2,23 +2,27 @@
 //! the app nodes, with the same pool, balancing and health checks as the lb (one
 //! implementation, in `hastack-proxy`).
 //!
-//! Routing is nginx's `try_files $uri @app`: a path that names a static file is served
-//! from memory; any other goes to the application. `/healthz` on the service port is
-//! answered here, so the lb's health check sees this node and not an app behind it.
+//! A request goes down the node's chain of layers (`hastack_proxy::phase`), one module
+//! each: [`files::Static`] answers the site's files (nginx's `try_files $uri @app`),
+//! [`files::ErrorPages`] puts the site's pages in place of the app tier's errors,
+//! [`cache::Microcache`] keeps the app's GET answers a short time, [`compress::Compress`]
+//! compresses them, and the proxy at the end sends what is left to an app node.
+//! `/healthz` on the service port is answered before the chain, so the lb's health
+//! check sees this node and not an app behind it.
 //!
 //! With `tls.internal`, the service port speaks TLS and takes only clients with a
 //! certificate of the internal CA (the lbs), and the app nodes are reached the same
 //! way. With `tls.mode = "passthrough"` the web node also terminates the site's HTTPS
 //! itself, on `ports.web_https`, for the connections the lbs pass through.
 
+pub mod cache;
+pub mod compress;
 pub mod files;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
@@ -26,11 +30,11 @@ use tokio::sync::watch;
 use tracing::info;
 
 use hastack_config::{Role, TlsMode, Topology};
-use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
+use hastack_proxy::{Chain, HealthCheck, Layer, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
 use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
 use hastack_tls::NodeTls;
 
-pub use files::StaticSite;
+pub use files::{SiteOptions, StaticSite};
 
 /// Why a web node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,16 +48,18 @@ pub enum WebError {
     /// The configured site directory could not be read.
     #[error(transparent)]
     Site(#[from] files::LoadError),
+    /// An error page is not a file of the site.
+    #[error(transparent)]
+    ErrorPage(#[from] files::MissingPage),
     /// The certificates cannot be used.
     #[error(transparent)]
     Tls(#[from] hastack_tls::TlsError),
 }
 
 struct Web {
-    site: StaticSite,
+    chain: Chain,
     proxy: Arc<Proxy>,
     health_json: String,
-    static_hits: Counter,
 }
 
 impl Web {
@@ -65,11 +71,8 @@ impl Web {
         peer: SocketAddr,
         edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
-        let path = req.uri().path();
-        if path == "/healthz" {
-            let mut resp = Response::new(Either::Right(Full::new(Bytes::from(
-                self.health_json.clone(),
-            ))));
+        if req.uri().path() == "/healthz" {
+            let mut resp = Response::new(ProxyBody::full(self.health_json.clone()));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
@@ -77,25 +80,49 @@ impl Web {
             self.proxy.stamp(&mut resp);
             return resp;
         }
-        if req.method() == Method::GET || req.method() == Method::HEAD {
-            if let Some(file) = self.site.get(path) {
-                self.static_hits.inc();
-                let resp = files::respond(req.method(), req.headers(), file);
-                let mut resp = resp.map(|b| Either::Right(Full::new(b)));
-                self.proxy.stamp(&mut resp);
-                return resp;
-            }
-        } else if self.site.get(path).is_some() {
-            return self.proxy.local_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "static files answer GET and HEAD only",
-            );
-        }
-        match edge {
-            Some(scheme) => self.proxy.forward_as(req, peer, scheme).await,
-            None => self.proxy.forward(req, peer).await,
-        }
+        self.chain.handle(req, peer, edge).await
     }
+}
+
+/// The web node's layers, outermost first, and its microcache when it is on (for the
+/// admin port's purge).
+pub struct Layers {
+    /// The chain's layers.
+    pub layers: Vec<Arc<dyn Layer>>,
+    /// The microcache among them.
+    pub cache: Option<Arc<cache::Microcache>>,
+}
+
+/// The web node's layers in front of `proxy`, as `[web]` asks.
+pub fn layers(
+    web: &hastack_config::WebSettings,
+    site: StaticSite,
+    proxy: &Arc<Proxy>,
+    registry: &mut Registry,
+) -> Result<Layers, WebError> {
+    let static_hits = Counter::default();
+    registry.register(
+        "hastack_static_responses",
+        "Responses served from static files",
+        static_hits.clone(),
+    );
+    let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
+    let pages = (!web.error_pages.is_empty())
+        .then(|| files::ErrorPages::new(&web.error_pages, &site))
+        .transpose()?;
+    layers.push(files::Static::new(site, proxy.clone(), static_hits));
+    if let Some(p) = pages {
+        layers.push(p);
+    }
+    let cache = (!web.cache.ttl.is_zero())
+        .then(|| cache::Microcache::new(web.cache.clone(), web.compress, registry));
+    if let Some(c) = &cache {
+        layers.push(c.clone());
+    }
+    if web.compress {
+        layers.push(compress::Compress::new(web.compress_min_bytes, registry));
+    }
+    Ok(Layers { layers, cache })
 }
 
 /// Runs web node `name` until `shutdown` turns true.
@@ -108,9 +135,10 @@ pub async fn run(
         .node(name)
         .filter(|n| n.role == Role::Web)
         .ok_or_else(|| WebError::NotAWeb(name.to_string()))?;
+    let site_opts = SiteOptions::of(&topo.web);
     let site = match &topo.web.root {
-        Some(root) => StaticSite::load(root)?,
-        None => StaticSite::built_in(),
+        Some(root) => StaticSite::load(root, &site_opts)?,
+        None => StaticSite::built_in(&site_opts),
     };
     let mut registry = Registry::default();
     let passthrough = topo.tls.mode == TlsMode::Passthrough && topo.https_port.is_some();
@@ -154,12 +182,8 @@ pub async fn run(
     opts.trust_forwarded_proto = true;
     opts.access_log = hastack_proxy::access_log::open_for(topo, name, shutdown.clone());
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
-    let static_hits = Counter::default();
-    registry.register(
-        "hastack_static_responses",
-        "Responses served from static files",
-        static_hits.clone(),
-    );
+    let files = site.len();
+    let Layers { layers, cache } = layers(&topo.web, site, &proxy, &mut registry)?;
 
     let service_addr = SocketAddr::from((node.address, topo.ports.web));
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
@@ -168,11 +192,10 @@ pub async fn run(
 
     // `/healthz` on the service port is what the lb checks: fixed, cheap, no upstreams.
     let health_json =
-        serde_json::json!({ "node": name, "role": "web", "static_files": site.len() }).to_string();
+        serde_json::json!({ "node": name, "role": "web", "static_files": files }).to_string();
     let probe = {
         let pool = pool.clone();
         let name = name.to_string();
-        let files = site.len();
         steady_probe(move || {
             serde_json::json!({
                 "node": name,
@@ -183,15 +206,32 @@ pub async fn run(
         })
     };
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
-    let admin = Admin::new(probe, registry, None);
+    let mut admin = Admin::new(probe, registry, None);
+    if let Some(cache) = cache {
+        // POST /cache/purge?prefix=/api/ drops the answers under a path ("/" or none: all).
+        admin = admin.with_action(
+            "/cache/purge",
+            Arc::new(move |query| {
+                let prefix = query
+                    .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+                    .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "prefix"))
+                    .map_or_else(|| "/".to_string(), |(_, v)| v);
+                let purged = cache.purge(&prefix);
+                info!(prefix, purged, "microcache purged");
+                (
+                    StatusCode::OK,
+                    serde_json::json!({ "prefix": prefix, "purged": purged }).to_string(),
+                )
+            }),
+        );
+    }
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     let web = Arc::new(Web {
-        site,
+        chain: Chain::new(proxy.clone(), layers),
         proxy,
         health_json,
-        static_hits,
     });
-    info!(node = name, addr = %service_addr, files = web.site.len(), tls = internal.is_some(), "web ready");
+    info!(node = name, addr = %service_addr, files, tls = internal.is_some(), "web ready");
     let edge_task = edge.map(|(listener, acceptor)| {
         let web = web.clone();
         let shutdown = shutdown.clone();
