@@ -198,21 +198,26 @@ impl Encoder {
 }
 
 /// `data` compressed whole with `e` at the highest level worth it for a body that is
-/// compressed once and sent many times.
+/// compressed once and sent many times. The encoders are sized to the input (zstd's
+/// bulk API, a brotli window no larger than the data), so compressing a small file at
+/// start does not take the tens of MiB a streaming encoder at these levels would.
 pub fn compress_whole(e: Encoding, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let level = match e {
-        Encoding::Gzip => 9,
-        Encoding::Brotli => 9,
-        Encoding::Zstd => 15,
-        Encoding::Identity => return Ok(data.to_vec()),
-    };
-    let Some(mut enc) = Encoder::new(e, level)? else {
-        return Ok(data.to_vec());
-    };
-    enc.write(data)?;
-    let mut out = enc.take();
-    out.extend(enc.finish()?);
-    Ok(out)
+    match e {
+        Encoding::Gzip => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(9));
+            w.write_all(data)?;
+            w.finish()
+        }
+        Encoding::Brotli => {
+            let bits = usize::BITS - data.len().max(1).leading_zeros();
+            let window = bits.clamp(16, BROTLI_WINDOW);
+            let mut w = brotli::CompressorWriter::new(Vec::new(), BROTLI_BUFFER, 9, window);
+            w.write_all(data)?;
+            Ok(w.into_inner())
+        }
+        Encoding::Zstd => zstd::bulk::compress(data, 15),
+        Encoding::Identity => Ok(data.to_vec()),
+    }
 }
 
 /// Levels for bodies compressed on every request: cheap ones (nginx's default
