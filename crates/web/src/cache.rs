@@ -507,6 +507,15 @@ impl Microcache {
             }
             _ => {}
         }
+        if method == Method::HEAD {
+            // A HEAD's answer has no body to keep: it goes through, and only a GET
+            // fills the entry a later HEAD may use.
+            self.count(Outcome::Miss);
+            let mut resp = next.run(call).await;
+            resp.headers_mut()
+                .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
+            return resp;
+        }
         let stale = found.filter(|_| state == Some(Freshness::IfError));
         match self.role(&key) {
             Role::Lead(lead) => self.fetch(&key, call, next, lead, stale).await,

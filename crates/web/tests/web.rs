@@ -393,13 +393,23 @@ async fn a_hundred_concurrent_misses_send_one_request_to_the_app() {
     assert_eq!(outcomes.get("HIT"), Some(&99), "{outcomes:?}");
     assert_eq!(bodies.len(), 1, "every client got the same page");
 
+    // A HEAD uses the entry a GET filled, and never fills one itself.
+    let head = request(web, "HEAD", "/api/posts", &[]).await;
+    assert_eq!((head.header("x-cache"), head.body.len()), ("HIT", 0));
+    let r = request(web, "HEAD", "/api/posts?limit=2", &[]).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    let r = get(web, "/api/posts?limit=2", &[]).await;
+    assert_eq!(r.header("x-cache"), "MISS", "the HEAD stored nothing");
+    assert!(r.body.len() > 2, "a GET after a HEAD gets the page");
+    let before = before + 2;
+
     // Personal requests bypass it both ways.
     let mine = get(web, "/api/posts", &[("cookie", "session=1")]).await;
     assert_eq!(mine.header("x-cache"), "");
     assert_eq!(app.hits.load(Ordering::SeqCst) - before, 2);
 
     // A purge drops it: the next request goes upstream again.
-    assert_eq!(cache.purge("/api/"), 1);
+    assert_eq!(cache.purge("/api/"), 2, "both pages under /api/");
     let r = get(web, "/api/posts", &[]).await;
     assert_eq!(r.header("x-cache"), "MISS");
     assert_eq!(app.hits.load(Ordering::SeqCst) - before, 3);
