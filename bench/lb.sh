@@ -40,7 +40,6 @@ HASTACK=${HASTACK:-$PWD/target/release/hastack}
 [ -x "$HASTACK" ] || cargo build --release -p hastack
 . bench/lib.sh
 bench_dir hslb
-rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 NET=127.0.93
 BACKEND_PORT=33081; HTTP_PORT=33080; ADMIN_PORT=33090

@@ -5,6 +5,7 @@
 #   until_ok SECS WHAT CMD  runs CMD until it succeeds; fails the bench after SECS
 #   has ROW                 whether ROW is in $ROWS
 #   ticks PID...            CPU ticks (utime+stime) the PIDS have used; divide by $HZ
+#   rss_kib PID             the peak resident memory (VmHWM) of PID in KiB
 #   log_warnings FILE...    each distinct WARN/ERROR (hastack), WARNING/ALERT (HAProxy)
 #                           or error (nginx) line of the logs once, with its count
 
@@ -38,6 +39,8 @@ until_ok() {
 }
 
 has() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
+
+rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 

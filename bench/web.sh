@@ -71,7 +71,6 @@ HASTACK=${HASTACK:-$PWD/target/release/hastack}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 bench_dir hsweb
-rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 NET=127.0.94
 WEB_PORT=34081; APP_PORT=34082; ADMIN_PORT=34090

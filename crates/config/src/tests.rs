@@ -689,3 +689,55 @@ fn front_proxies_are_addresses_or_networks() {
         "lb.front_proxies has \"10.0.0.0/40\", which is not an address or network",
     );
 }
+
+#[test]
+fn web_settings_are_read_and_wrong_ones_named_where_they_are() {
+    let base = edited(
+        "ttl_ms = 0                 #",
+        "ttl_ms = 1500                 #",
+    );
+    let t = parse(&base, Path::new("t.toml")).expect("valid");
+    assert_eq!(t.web.cache.ttl, Duration::from_millis(1500));
+    assert!(t.web.compress);
+    assert_eq!(t.web.compress_min_bytes, 1024);
+
+    let at_end = |extra: &str| format!("{}\n{extra}", DEFAULT_TOPOLOGY);
+    let t = parse(
+        &at_end("[web.cache_control]\n\"/static/\" = \"public, max-age=3600\"\n\"*.html\" = \"no-cache\"\n[web.error_pages]\n502 = \"/50x.html\"\n"),
+        Path::new("t.toml"),
+    )
+    .expect("valid");
+    assert_eq!(t.web.cache_control.len(), 2);
+    assert_eq!(t.web.error_pages, vec![(502, "/50x.html".to_string())]);
+
+    let text = at_end("[web.cache_control]\n\"static\" = \"public\"\n");
+    one_error_at(
+        &text,
+        line_of(&text, "\"static\" = \"public\""),
+        "web.cache_control has the pattern \"static\", which is neither a path prefix nor an extension",
+    );
+    let text = at_end("[web.error_pages]\n302 = \"/moved.html\"\n");
+    one_error_at(
+        &text,
+        line_of(&text, "302 = \"/moved.html\""),
+        "web.error_pages has \"302\", which is not an error status",
+    );
+    let text = at_end("[web.error_pages]\n503 = \"50x.html\"\n");
+    one_error_at(
+        &text,
+        line_of(&text, "503 = \"50x.html\""),
+        "web.error_pages.503 is \"50x.html\", which is not a path of the site",
+    );
+    let text = edited("session_cookies = []", "session_cookies = [\"a=b\"]");
+    one_error_at(
+        &text,
+        line_of(&text, "session_cookies = [\"a=b\"]"),
+        "web.cache.session_cookies has \"a=b\", which is not a cookie name",
+    );
+    let text = edited("max_bytes = 67108864", "max_bytes = 0");
+    one_error_at(
+        &text,
+        line_of(&text, "max_bytes = 0"),
+        "web.cache.max_bytes must be greater than zero, found 0",
+    );
+}

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 use crate::access_log::AccessLog;
 use crate::balance::{Balance, HashOn, hash};
 use crate::body::ProxyBody;
-use crate::body::{BodyRules, ClientBody, RequestBody};
+use crate::body::{BodyRules, RequestBody};
 use crate::conn::ProxyHeaderFor;
 use crate::phase::{Call, Upstream};
 use crate::pool::{NoServer, Pool};
@@ -293,11 +293,7 @@ impl Proxy {
         peer: SocketAddr,
         edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
-        let call = Call {
-            req: req.map(ClientBody::Client),
-            peer,
-            edge,
-        };
+        let call = Call::from_client(req, peer, edge);
         crate::phase::logged(self, call, |call| self.forward_call(call)).await
     }
 

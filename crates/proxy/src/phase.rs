@@ -40,6 +40,19 @@ pub struct Call {
 }
 
 impl Call {
+    /// A client's request.
+    pub fn from_client(
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        edge: Option<&'static str>,
+    ) -> Call {
+        Call {
+            req: req.map(ClientBody::Client),
+            peer,
+            edge,
+        }
+    }
+
     /// A request without a body, made by this node (a background revalidation).
     /// It has the head of `like` and the same client.
     pub fn internal(like: &Call) -> Call {
@@ -138,11 +151,7 @@ impl Chain {
         peer: SocketAddr,
         edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
-        let call = Call {
-            req: req.map(ClientBody::Client),
-            peer,
-            edge,
-        };
+        let call = Call::from_client(req, peer, edge);
         let next = Next {
             stages: self.stages.clone(),
             at: 0,

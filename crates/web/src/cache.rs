@@ -65,13 +65,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// Its `X-Cache` value and its metric label.
+    fn names(self) -> (&'static str, &'static str) {
         match self {
-            Outcome::Hit => "HIT",
-            Outcome::Miss => "MISS",
-            Outcome::Stale => "STALE",
-            Outcome::Updating => "UPDATING",
-            Outcome::Bypass => "BYPASS",
+            Outcome::Hit => ("HIT", "hit"),
+            Outcome::Miss => ("MISS", "miss"),
+            Outcome::Stale => ("STALE", "stale"),
+            Outcome::Updating => ("UPDATING", "updating"),
+            Outcome::Bypass => ("BYPASS", "bypass"),
         }
     }
 }
@@ -306,15 +307,17 @@ impl Microcache {
     fn count(&self, o: Outcome) {
         self.outcomes
             .get_or_create(&OutcomeLabel {
-                outcome: match o {
-                    Outcome::Hit => "hit",
-                    Outcome::Miss => "miss",
-                    Outcome::Stale => "stale",
-                    Outcome::Updating => "updating",
-                    Outcome::Bypass => "bypass",
-                },
+                outcome: o.names().1,
             })
             .inc();
+    }
+
+    /// An answer from upstream that the cache did not keep, counted and marked MISS.
+    fn missed(&self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.count(Outcome::Miss);
+        resp.headers_mut()
+            .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
+        resp
     }
 
     fn key(&self, call: &Call) -> Key {
@@ -334,7 +337,7 @@ impl Microcache {
         let encoding = if self.compress {
             negotiate(
                 req.headers().get(header::ACCEPT_ENCODING),
-                &Encoding::STREAMED,
+                Encoding::STREAMED,
             )
         } else {
             Encoding::Identity
@@ -382,7 +385,7 @@ impl Microcache {
         resp.headers_mut()
             .insert(header::AGE, HeaderValue::from(age));
         resp.headers_mut()
-            .insert(X_CACHE.clone(), HeaderValue::from_static(outcome.as_str()));
+            .insert(X_CACHE.clone(), HeaderValue::from_static(outcome.names().0));
         next.proxy().stamp(&mut resp);
         resp
     }
@@ -418,7 +421,6 @@ impl Microcache {
             }
         }
         parts.headers.remove(&X_SERVED_BY);
-        parts.headers.remove(header::CONNECTION);
         let entry = Arc::new(Entry {
             status: parts.status,
             headers: parts.headers,
@@ -456,13 +458,9 @@ impl Microcache {
                 drop(lead);
                 self.serve(&entry, &method, Outcome::Miss, &next)
             }
-            Ok(Err(mut passed)) => {
+            Ok(Err(passed)) => {
                 drop(lead);
-                self.count(Outcome::Miss);
-                passed
-                    .headers_mut()
-                    .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
-                passed
+                self.missed(passed)
             }
             Err(e) => {
                 drop(lead);
@@ -510,11 +508,7 @@ impl Microcache {
         if method == Method::HEAD {
             // A HEAD's answer has no body to keep: it goes through, and only a GET
             // fills the entry a later HEAD may use.
-            self.count(Outcome::Miss);
-            let mut resp = next.run(call).await;
-            resp.headers_mut()
-                .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
-            return resp;
+            return self.missed(next.run(call).await);
         }
         let stale = found.filter(|_| state == Some(Freshness::IfError));
         match self.role(&key) {
@@ -531,11 +525,7 @@ impl Microcache {
                     return self.serve(&entry, &method, outcome, &next);
                 }
                 // The leader stored nothing (or took too long): this one goes itself.
-                self.count(Outcome::Miss);
-                let mut resp = next.run(call).await;
-                resp.headers_mut()
-                    .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
-                resp
+                self.missed(next.run(call).await)
             }
         }
     }

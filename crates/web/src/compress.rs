@@ -75,7 +75,10 @@ impl Encoding {
 /// rates highest; ties go to the earlier in `offer`. Identity when the client names
 /// none of them (or sends no header: RFC 9110 §12.5.3 lets any coding through then,
 /// but browsers always send one and tools that send none want the bytes as they are).
-pub fn negotiate(accept: Option<&HeaderValue>, offer: &[Encoding]) -> Encoding {
+pub fn negotiate(
+    accept: Option<&HeaderValue>,
+    offer: impl IntoIterator<Item = Encoding>,
+) -> Encoding {
     let Some(accept) = accept.and_then(|v| v.to_str().ok()) else {
         return Encoding::Identity;
     };
@@ -104,9 +107,9 @@ pub fn negotiate(accept: Option<&HeaderValue>, offer: &[Encoding]) -> Encoding {
     };
     let mut best = (Encoding::Identity, 0.0f32);
     for e in offer {
-        let q = rating(*e);
+        let q = rating(e);
         if q > best.1 {
-            best = (*e, q);
+            best = (e, q);
         }
     }
     best.0
@@ -117,24 +120,26 @@ pub fn compressible(content_type: Option<&HeaderValue>) -> bool {
     let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.split_once('/') {
-        Some(("text", "event-stream")) => false,
-        Some(("text", _)) => true,
-        Some(("application", sub)) => {
-            matches!(
-                sub,
-                "json" | "javascript" | "xml" | "wasm" | "manifest+json" | "ld+json"
-            ) || sub.ends_with("+json")
-                || sub.ends_with("+xml")
-        }
-        Some(("image", "svg+xml")) => true,
-        _ => false,
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = mime.split_once('/') else {
+        return false;
+    };
+    let is = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let ends = |suffix: &str| {
+        let sub = sub.as_bytes();
+        sub.len() >= suffix.len()
+            && sub[sub.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if is(kind, "text") {
+        !is(sub, "event-stream")
+    } else if is(kind, "application") {
+        ["json", "javascript", "xml", "wasm"]
+            .iter()
+            .any(|s| is(sub, s))
+            || ends("+json")
+            || ends("+xml")
+    } else {
+        is(kind, "image") && is(sub, "svg+xml")
     }
 }
 
@@ -336,7 +341,8 @@ impl Compress {
             .get_all(header::CACHE_CONTROL)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("no-transform"));
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-transform"));
         let long_enough = resp
             .body()
             .size_hint()
@@ -367,7 +373,7 @@ impl Compress {
             return resp;
         }
         vary_on_encoding(resp.headers_mut());
-        let encoding = negotiate(accept, &Encoding::STREAMED);
+        let encoding = negotiate(accept, Encoding::STREAMED);
         if *method == Method::HEAD {
             return resp;
         }
@@ -434,7 +440,7 @@ mod tests {
     fn negotiation_takes_the_highest_quality_and_breaks_ties_by_the_servers_order() {
         // RFC 9110 §12.5.3: a coding with q=0 is not acceptable; "*" matches any coding
         // not listed; the server picks among the acceptable ones.
-        let n = |v, offer: &[Encoding]| negotiate(Some(&accept(v)), offer);
+        let n = |v, offer: &[Encoding]| negotiate(Some(&accept(v)), offer.iter().copied());
         assert_eq!(
             n("gzip, deflate, br, zstd", &Encoding::STORED),
             Encoding::Brotli
@@ -449,7 +455,7 @@ mod tests {
         assert_eq!(n("deflate", &Encoding::STORED), Encoding::Identity);
         assert_eq!(n("x-gzip", &Encoding::STORED), Encoding::Gzip);
         assert_eq!(n("GZIP; q=0.8", &Encoding::STORED), Encoding::Gzip);
-        assert_eq!(negotiate(None, &Encoding::STORED), Encoding::Identity);
+        assert_eq!(negotiate(None, Encoding::STORED), Encoding::Identity);
         assert_eq!(n("gzip, br", &[Encoding::Gzip]), Encoding::Gzip);
     }
 

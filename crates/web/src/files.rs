@@ -20,7 +20,7 @@
 //! a backslash, before any lookup ([`site_path`]).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -136,6 +136,9 @@ pub fn fingerprinted(url: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct StaticSite {
     files: HashMap<String, StaticFile>,
+    /// The `index.html` of each directory that has one, by the directory's path
+    /// without its `/` (`/docs`): a request costs one lookup, never a path built.
+    indexes: HashMap<String, StaticFile>,
 }
 
 /// Why a site directory could not be loaded.
@@ -215,8 +218,7 @@ impl StaticFile {
     /// The representation for a client whose `Accept-Encoding` is `accept`.
     fn pick(&self, accept: Option<&HeaderValue>) -> &Representation {
         if self.reps.len() > 1 {
-            let offer: Vec<Encoding> = self.reps[1..].iter().map(|r| r.encoding).collect();
-            let e = negotiate(accept, &offer);
+            let e = negotiate(accept, self.reps[1..].iter().map(|r| r.encoding));
             if let Some(r) = self.reps.iter().find(|r| r.encoding == e) {
                 return r;
             }
@@ -227,16 +229,6 @@ impl StaticFile {
     /// The file as it is.
     pub fn bytes(&self) -> &Bytes {
         &self.reps[0].body
-    }
-
-    /// Its Content-Type.
-    pub fn content_type(&self) -> &HeaderValue {
-        &self.content_type
-    }
-
-    /// The encodings held besides identity.
-    pub fn encodings(&self) -> Vec<Encoding> {
-        self.reps[1..].iter().map(|r| r.encoding).collect()
     }
 }
 
@@ -292,17 +284,14 @@ impl StaticSite {
 
     /// The files by URL, each with its precompressed siblings.
     fn assemble(found: HashMap<String, (Bytes, SystemTime)>, opts: &SiteOptions) -> StaticSite {
-        let urls: HashSet<&String> = found.keys().collect();
-        let files = found
+        let files: HashMap<String, StaticFile> = found
             .iter()
             .map(|(url, (body, modified))| {
                 let siblings = Encoding::STORED
                     .iter()
                     .filter_map(|e| {
-                        let name = format!("{url}{}", e.suffix()?);
-                        urls.contains(&name)
-                            .then(|| found.get(&name).map(|(b, _)| (*e, b.clone())))
-                            .flatten()
+                        let (b, _) = found.get(&format!("{url}{}", e.suffix()?))?;
+                        Some((*e, b.clone()))
                     })
                     .collect();
                 let f = Found {
@@ -313,7 +302,15 @@ impl StaticSite {
                 (url.clone(), make_file(url, f, opts))
             })
             .collect();
-        StaticSite { files }
+        // The site's own `/index.html` is not an index: the front page is the app's.
+        let indexes = files
+            .iter()
+            .filter_map(|(url, f)| {
+                let dir = url.strip_suffix("/index.html")?;
+                (!dir.is_empty()).then(|| (dir.to_string(), f.clone()))
+            })
+            .collect();
+        StaticSite { files, indexes }
     }
 
     /// Number of files.
@@ -328,19 +325,15 @@ impl StaticSite {
 
     /// The file at a (decoded) URL path; a path ending in `/` means its `index.html`.
     pub fn get(&self, path: &str) -> Option<&StaticFile> {
-        if path.ends_with('/') {
-            if path == "/" {
-                // The front page belongs to the application.
-                return None;
-            }
-            return self.files.get(&format!("{path}index.html"));
+        match path.strip_suffix('/') {
+            Some(dir) => self.indexes.get(dir),
+            None => self.files.get(path),
         }
-        self.files.get(path)
     }
 
     /// Whether `path` (no trailing `/`) is a directory with an index file.
     pub fn is_index_dir(&self, path: &str) -> bool {
-        !path.ends_with('/') && self.files.contains_key(&format!("{path}/index.html"))
+        self.indexes.contains_key(path)
     }
 }
 
@@ -547,11 +540,6 @@ impl Static {
     /// `site` answered with `proxy`'s stamp; answers counted in `hits`.
     pub fn new(site: StaticSite, proxy: Arc<Proxy>, hits: Counter) -> Arc<Static> {
         Arc::new(Static { site, proxy, hits })
-    }
-
-    /// The site served.
-    pub fn site(&self) -> &StaticSite {
-        &self.site
     }
 
     /// The answer for `call` when it is this layer's to give.

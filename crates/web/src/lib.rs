@@ -58,7 +58,6 @@ pub enum WebError {
 
 struct Web {
     chain: Chain,
-    proxy: Arc<Proxy>,
     health_json: String,
 }
 
@@ -77,7 +76,7 @@ impl Web {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
             );
-            self.proxy.stamp(&mut resp);
+            self.chain.proxy().stamp(&mut resp);
             return resp;
         }
         self.chain.handle(req, peer, edge).await
@@ -227,8 +226,7 @@ pub async fn run(
     }
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     let web = Arc::new(Web {
-        chain: Chain::new(proxy.clone(), layers),
-        proxy,
+        chain: Chain::new(proxy, layers),
         health_json,
     });
     info!(node = name, addr = %service_addr, files, tls = internal.is_some(), "web ready");
