@@ -544,8 +544,44 @@ address = "{db3}"
     }
 }
 
+/// The last `n` lines of a file, or nothing.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Stack {
+    /// On a failing test, what the nodes said last: every node's log and every
+    /// `mariadbd`'s error log, so that a failure seen once in CI tells its cause.
+    fn print_logs(&self) {
+        let state = self.state_dir();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(state.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.extend(
+            std::fs::read_dir(state.join("db"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("mariadbd.err")),
+        );
+        files.sort();
+        for f in files.iter().filter(|f| f.exists()) {
+            eprintln!("----- {} (last 60 lines)\n{}", f.display(), tail(f, 60));
+        }
+        eprintln!("----- hastack up\n{}", self.output());
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         let running = self
             .child
             .as_mut()
