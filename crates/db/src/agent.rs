@@ -349,12 +349,21 @@ async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), S
     Ok((obs, detail))
 }
 
-/// Ends the application's sessions and makes the server read-only.
+/// Makes the server read-only, then ends the application's sessions.
+///
+/// The order is the safety argument. MariaDB commits a killed session locally when the
+/// kill lands after its transaction reached the binary log and before a replica
+/// acknowledged it (the semi-sync wait), which would leave this server with a
+/// transaction no replica has, and the node could not rejoin. `SET GLOBAL read_only`
+/// waits for every commit in progress (the backup-commit lock, acknowledgement wait
+/// included), and a commit that starts after it is refused. So once it returns no
+/// session is inside a commit and the kills only roll back. A commit still waiting for
+/// an acknowledgement holds the fence back (new writes wait behind it); if the server
+/// dies meanwhile, crash recovery drops it (`init_rpl_role = SLAVE`).
 async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
-    // End the app's sessions — except those waiting for a replica's acknowledgement of
-    // their commit: MariaDB commits a killed waiter locally, which would leave this
-    // server with a transaction no replica has. A waiter's commit stays prepared: a
-    // replica acknowledges it, or crash recovery drops it (init_rpl_role = SLAVE).
+    exec(pool, "SET GLOBAL read_only = 1").await?;
+    // The sessions end so that the app's pools reconnect to the primary that is chosen.
+    // A session in the acknowledgement wait is never killed, whatever the above.
     let ids: Vec<i64> = bounded(
         "processlist",
         sqlx::query_scalar(
@@ -369,8 +378,7 @@ async fn fence(pool: &MySqlPool, app_user: &str) -> Result<(), String> {
         // A session that ended by itself meanwhile is fine.
         let _ = exec(pool, &format!("KILL CONNECTION {id}")).await;
     }
-    // Waits for commits in progress; new commits wait behind it.
-    exec(pool, "SET GLOBAL read_only = 1").await
+    Ok(())
 }
 
 /// The `CHANGE MASTER` that makes this server replicate from `primary`. With `tls`, the
