@@ -27,18 +27,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod control;
+mod edge;
 mod passthrough;
 pub mod rate;
 mod stats;
 
 use hastack_config::{Mode, Role, TlsMode, Topology};
-use hastack_proxy::{HealthCheck, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
+use hastack_proxy::{Chain, HealthCheck, Layer, Pool, PoolTls, Proxy, ProxyOptions};
 use hastack_runtime::{Admin, BindError, HealthProbe, HealthReport, bind_tcp};
 use hastack_tls::{Acceptor, NodeTls, TlsError};
 use hastack_vrrp::auth::{Key, KeyError};
 use hastack_vrrp::{Health, Network, Setup, StartError, State, Stats, VipHook};
-use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
@@ -88,97 +87,43 @@ enum Https {
 /// How the lb answers on the VIP: plain HTTP, HTTPS, and the options of both.
 #[derive(Clone)]
 struct Site {
-    proxy: Arc<Proxy>,
     http: SocketAddr,
     https: Option<(SocketAddr, Https)>,
-    /// Plain HTTP answers with a redirect to HTTPS.
-    redirect_http: bool,
-    /// HTTPS answers carry HSTS.
-    hsts: bool,
-    /// The site name, for redirects without a usable `Host`.
-    name: String,
+    /// What plain HTTP goes through: the rate limit, the redirect to HTTPS ([`edge`]).
+    http_chain: Chain,
+    /// What decrypted HTTPS goes through: HSTS, the rate limit.
+    https_chain: Chain,
     /// The strict front door of the VIP listeners.
     door: Arc<hastack_runtime::front_door::FrontDoor>,
     /// Open-connection limits of the VIP listeners (`lb.max_conn`, `max_conn_per_client`).
     limits: Arc<hastack_runtime::conn_limits::ConnLimits>,
-    /// Per-client request rate (`lb.rate_limit`; 0 limits nothing).
-    rate: Arc<rate::RateLimiter>,
-    /// Requests answered 429.
-    rate_limited: prometheus_client::metrics::counter::Counter,
     /// Proxies in front (`lb.front_proxies`) whose connections may start with a
     /// PROXY v2 header.
     front_proxies: hastack_runtime::ProxyHeader,
 }
 
-/// One year, the max-age HSTS preload lists ask for.
-const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
-
 impl Site {
-    /// The 429 for a client over its request rate, if it is.
-    fn over_rate(&self, peer: SocketAddr) -> Option<Response<ProxyBody>> {
-        let wait = self
-            .rate
-            .admit(peer.ip(), std::time::Instant::now())
-            .err()?;
-        self.rate_limited.inc();
-        let mut resp = self.proxy.local_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many requests from your address; retry after the time in Retry-After",
-        );
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        resp.headers_mut()
-            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-        Some(resp)
-    }
-
-    /// Answers a plain-HTTP request: a redirect to HTTPS, or the proxied answer.
-    async fn http(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        if let Some(refused) = self.over_rate(peer) {
-            return refused;
+    /// The chains of both listeners in front of `proxy`, as `[tls]` and `[lb]` ask.
+    fn chains(
+        topo: &Topology,
+        proxy: Arc<Proxy>,
+        rate: edge::RateLimit,
+        https_port: Option<u16>,
+    ) -> (Chain, Chain) {
+        let rate: Arc<dyn Layer> = Arc::new(rate);
+        let mut http = vec![rate.clone()];
+        if let (Some(port), true) = (https_port, topo.tls.redirect_http) {
+            http.push(Arc::new(edge::RedirectToHttps {
+                port,
+                site: topo.site.clone(),
+            }));
         }
-        match (&self.https, self.redirect_http) {
-            (Some((https, _)), true) => {
-                let host = req
-                    .headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                    .map(|a| a.host().to_string())
-                    .unwrap_or_else(|| self.name.clone());
-                let port = match https.port() {
-                    443 => String::new(),
-                    p => format!(":{p}"),
-                };
-                let path = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                let location = format!("https://{host}{port}{path}");
-                let mut resp = self.proxy.local_response(
-                    StatusCode::PERMANENT_REDIRECT,
-                    "this site is served over HTTPS",
-                );
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    resp.headers_mut().insert(http::header::LOCATION, v);
-                }
-                resp
-            }
-            _ => self.proxy.forward_as(req, peer, "http").await,
+        let mut https: Vec<Arc<dyn Layer>> = Vec::new();
+        if topo.tls.hsts {
+            https.push(Arc::new(edge::Hsts));
         }
-    }
-
-    /// Answers a request that came over HTTPS (HTTP/2 or HTTP/1.1).
-    async fn https(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let mut resp = match self.over_rate(peer) {
-            Some(refused) => refused,
-            None => self.proxy.forward_as(req, peer, "https").await,
-        };
-        if self.hsts {
-            resp.headers_mut()
-                .insert(http::header::STRICT_TRANSPORT_SECURITY, HSTS);
-        }
-        resp
+        https.push(rate);
+        (Chain::new(proxy.clone(), http), Chain::new(proxy, https))
     }
 }
 
@@ -230,7 +175,7 @@ impl VipHook for VipListener {
             info!(%vip, "listening on the VIP");
             let handler = move |req, peer| {
                 let site = site.clone();
-                async move { site.http(req, peer).await }
+                async move { site.http_chain.handle(req, peer, Some("http")).await }
             };
             let serving = hastack_runtime::Serving {
                 door,
@@ -252,7 +197,7 @@ impl VipHook for VipListener {
                     Https::Terminate(acceptor) => {
                         let handler = move |req, peer| {
                             let site = site.clone();
-                            async move { site.https(req, peer).await }
+                            async move { site.https_chain.handle(req, peer, Some("https")).await }
                         };
                         let serving = hastack_runtime::Serving {
                             tls: Some(acceptor),
@@ -558,18 +503,20 @@ pub async fn run_with(
         notify: topo.vrrp.notify.clone(),
         instance: format!("vrid{}", topo.vrrp.vrid),
     };
+    let rate = edge::RateLimit {
+        limiter: rate,
+        limited: rate_limited,
+    };
+    let (http_chain, https_chain) =
+        Site::chains(topo, proxy, rate, https.as_ref().map(|(a, _)| a.port()));
     let hook = VipListener {
         site: Arc::new(Site {
-            proxy,
             http: SocketAddr::from((topo.vip, topo.http_port)),
             https,
-            redirect_http: topo.tls.redirect_http,
-            hsts: topo.tls.hsts,
-            name: topo.site.clone(),
+            http_chain,
+            https_chain,
             door,
             limits,
-            rate,
-            rate_limited,
             front_proxies,
         }),
         rt: tokio::runtime::Handle::current(),

@@ -152,11 +152,16 @@ impl Chain {
         edge: Option<&'static str>,
     ) -> Response<ProxyBody> {
         let call = Call::from_client(req, peer, edge);
+        let proxy = &self.stages.proxy;
+        if self.stages.layers.is_empty() {
+            // Nothing to box: the proxy's own future.
+            return logged(proxy, call, |call| proxy.forward_call(call)).await;
+        }
         let next = Next {
             stages: self.stages.clone(),
             at: 0,
         };
-        logged(&self.stages.proxy, call, |call| next.run(call)).await
+        logged(proxy, call, |call| next.run(call)).await
     }
 }
 
