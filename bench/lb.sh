@@ -203,48 +203,11 @@ echo
 
 echo "Summary: medians over $ROUNDS rounds of ${DUR}s; ratio = req per CPU-s of hastack over HAProxy in"
 echo "the same round; RSS = the proxy's peak resident memory (VmHWM) after the row"
-awk -v dur="$DUR" '
-  function median(s,   a, n, i, j, t) {
-    n = split(s, a, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
-    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
-  }
-  {
-    row = $1; p = ($2 == "haproxy") ? "b" : "a"
-    rows[row] = 1
-    rps[row, p] = rps[row, p] " " $4 / dur
-    eff[row, p] = eff[row, p] " " ($5 > 0 ? $4 / $5 : 0)
-    p50[row, p] = p50[row, p] " " $6
-    p99[row, p] = p99[row, p] " " $7
-    rss[row, p] = $8
-    e[row, p, $3] = ($5 > 0 ? $4 / $5 : 0)
-    rounds[row, $3] = 1
-  }
-  END {
-    name[1] = "1 keep-alive  1 KiB   c64"; name[2] = "2 keep-alive  1 KiB   c256"
-    name[3] = "3 keep-alive  100 KiB c64"; name[4] = "4 keep-alive  100 KiB c256"
-    name[5] = "5 new conn    1 KiB   c64"; name[6] = "6 new conn    1 KiB   c256"
-    name[7] = "7 new conn    100 KiB c64"; name[8] = "8 new conn    100 KiB c256"
-    printf "%-27s | %8s %9s %6s %7s %6s | %8s %9s %6s %7s %6s | %s\n", "", "hastack", "", "", "", "", "haproxy", "", "", "", "", "ratio req/CPU-s"
-    printf "%-27s | %8s %9s %6s %7s %6s | %8s %9s %6s %7s %6s | %s\n", "row", "req/s", "req/CPU-s", "p50ms", "p99ms", "RSS MB",
-      "req/s", "req/CPU-s", "p50ms", "p99ms", "RSS MB", "median (min-max)"
-    for (row = 1; row <= 8; row++) {
-      if (!(row in rows)) continue
-      lo = ""; hi = ""; qs = ""
-      for (key in rounds) {
-        split(key, kk, SUBSEP)
-        if (kk[1] != row || !((row, "a", kk[2]) in e) || !((row, "b", kk[2]) in e) || e[row, "b", kk[2]] == 0) continue
-        q = e[row, "a", kk[2]] / e[row, "b", kk[2]]
-        qs = qs " " q
-        if (lo == "" || q < lo) lo = q
-        if (hi == "" || q > hi) hi = q
-      }
-      printf "%-27s | %8.0f %9.0f %6.2f %7.2f %6.1f | %8.0f %9.0f %6.2f %7.2f %6.1f | %.2f (%.2f-%.2f)\n", name[row],
-        median(rps[row, "a"]), median(eff[row, "a"]), median(p50[row, "a"]), median(p99[row, "a"]), rss[row, "a"] / 1024,
-        median(rps[row, "b"]), median(eff[row, "b"]), median(p50[row, "b"]), median(p99[row, "b"]), rss[row, "b"] / 1024,
-        median(qs), lo, hi
-    }
-  }' "$RESULTS"
+ratio_table "$RESULTS" bars haproxy 27 "rps:8 eff:9 p50:6 p99:7 rss:6" \
+  "1=1 keep-alive  1 KiB   c64" "2=2 keep-alive  1 KiB   c256" \
+  "3=3 keep-alive  100 KiB c64" "4=4 keep-alive  100 KiB c256" \
+  "5=5 new conn    1 KiB   c64" "6=6 new conn    1 KiB   c256" \
+  "7=7 new conn    100 KiB c64" "8=8 new conn    100 KiB c256"
 
 echo
 echo "warnings/errors in the logs:"

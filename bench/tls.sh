@@ -376,49 +376,10 @@ fi
 [ -s "$W/lb1.tls" ] && { echo "hastack's own count of TLS handshakes over rows 1-4 (incl. warm-ups):"; cat "$W/lb1.tls"; echo; }
 echo "Summary: medians over $ROUNDS rounds of ${DUR}s; ratio = req per CPU-s of hastack over HAProxy in the"
 echo "same round (row 5: internal=true over internal=false, CPU of all lb/web/app node processes)"
-awk -v dur="$DUR" '
-  function median(s,   a, n, i, j, t) {
-    n = split(s, a, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
-    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
-  }
-  {
-    row = $1; p = ($2 == "haproxy" || $2 == "internal=false") ? "b" : "a"
-    rows[row] = 1
-    rps[row, p] = rps[row, p] " " $4 / dur
-    eff[row, p] = eff[row, p] " " ($5 > 0 ? $4 / $5 : 0)
-    e[row, p, $3] = ($5 > 0 ? $4 / $5 : 0)
-    rounds[row, $3] = 1
-  }
-  END {
-    name["1"] = "1 HTTPS keep-alive, HTTP/1.1"
-    name["2"] = "2 HTTPS keep-alive, HTTP/2"
-    name["3"] = "3 new conn/request, full hs"
-    name["4"] = "4 new conn/request, resumed"
-    name["5s"] = "5 stack, static style.css"
-    name["5a"] = "5 stack, proxied /api/posts"
-    printf "%-31s %12s %14s %12s %14s  %s\n", "row", "hastack", "hastack", "haproxy", "haproxy", "ratio"
-    printf "%-31s %12s %14s %12s %14s  %s\n", "", "req/s", "req/CPU-s", "req/s", "req/CPU-s", "median (min-max)"
-    n = split("1 2 3 4 5s 5a", order, " ")
-    for (k = 1; k <= n; k++) {
-      row = order[k]
-      if (!(row in rows)) continue
-      lo = ""; hi = ""; qs = ""
-      for (key in rounds) {
-        split(key, kk, SUBSEP)
-        if (kk[1] != row || !((row, "a", kk[2]) in e) || !((row, "b", kk[2]) in e) || e[row, "b", kk[2]] == 0) continue
-        q = e[row, "a", kk[2]] / e[row, "b", kk[2]]
-        qs = qs " " q
-        if (lo == "" || q < lo) lo = q
-        if (hi == "" || q > hi) hi = q
-      }
-      if (row ~ /^5/ && !hdr5) {
-        printf "%-31s %12s %14s %12s %14s\n", "", "mTLS on", "mTLS on", "mTLS off", "mTLS off"; hdr5 = 1
-      }
-      printf "%-31s %12.0f %14.0f %12.0f %14.0f  %.2f (%.2f-%.2f)\n", name[row], median(rps[row, "a"]), median(eff[row, "a"]),
-        median(rps[row, "b"]), median(eff[row, "b"]), median(qs), lo, hi
-    }
-  }' "$RESULTS"
+ratio_table "$RESULTS" plain "haproxy internal=false" 31 "rps:12 eff:14" \
+  "1=1 HTTPS keep-alive, HTTP/1.1" "2=2 HTTPS keep-alive, HTTP/2" \
+  "3=3 new conn/request, full hs" "4=4 new conn/request, resumed" \
+  "=mTLS on=mTLS off" "5s=5 stack, static style.css" "5a=5 stack, proxied /api/posts"
 
 # Anything hastack or HAProxy logged above INFO: each distinct message once, with its count.
 echo

@@ -374,49 +374,9 @@ echo
 echo "Summary: medians over $ROUNDS rounds of ${DUR}s, wrk -t2 -c$CONNS keep-alive; ratio = req per CPU-s"
 echo "of hastack over nginx in the same round (target: 1.2 on every row); RSS = the server's peak"
 echo "resident memory (VmHWM; nginx: its worker) after the row"
-awk -v dur="$DUR" '
-  function median(s,   a, n, i, j, t) {
-    n = split(s, a, " ")
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
-    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2
-  }
-  {
-    row = $1; p = ($2 == "nginx") ? "b" : "a"
-    rows[row] = 1
-    rps[row, p] = rps[row, p] " " $4 / dur
-    cpu[row, p] = cpu[row, p] " " $5
-    eff[row, p] = eff[row, p] " " ($5 > 0 ? $4 / $5 : 0)
-    p50[row, p] = p50[row, p] " " $6
-    p99[row, p] = p99[row, p] " " $7
-    rss[row, p] = $8
-    e[row, p, $3] = ($5 > 0 ? $4 / $5 : 0)
-    rounds[row, $3] = 1
-  }
-  END {
-    name[1] = "1 static 1 KiB"; name[2] = "2 static 100 KiB"; name[3] = "3 static 1 MiB"
-    name[4] = "4 gzip 100 KiB CSS"; name[5] = "5 proxied, microcache"; name[6] = "6 proxied, no cache"
-    printf "%-22s | %7s %6s %9s %6s %7s %6s | %7s %6s %9s %6s %7s %6s | %s\n", "", "hastack", "", "", "", "", "",
-      "nginx", "", "", "", "", "", "ratio req/CPU-s"
-    printf "%-22s | %7s %6s %9s %6s %7s %6s | %7s %6s %9s %6s %7s %6s | %s\n", "row",
-      "req/s", "CPU-s", "req/CPU-s", "p50ms", "p99ms", "RSS MB",
-      "req/s", "CPU-s", "req/CPU-s", "p50ms", "p99ms", "RSS MB", "median (min-max)"
-    for (row = 1; row <= 6; row++) {
-      if (!(row in rows)) continue
-      lo = ""; hi = ""; qs = ""
-      for (key in rounds) {
-        split(key, kk, SUBSEP)
-        if (kk[1] != row || !((row, "a", kk[2]) in e) || !((row, "b", kk[2]) in e) || e[row, "b", kk[2]] == 0) continue
-        q = e[row, "a", kk[2]] / e[row, "b", kk[2]]
-        qs = qs " " q
-        if (lo == "" || q < lo) lo = q
-        if (hi == "" || q > hi) hi = q
-      }
-      printf "%-22s | %7.0f %6.2f %9.0f %6.2f %7.2f %6.1f | %7.0f %6.2f %9.0f %6.2f %7.2f %6.1f | %.2f (%.2f-%.2f)\n", name[row],
-        median(rps[row, "a"]), median(cpu[row, "a"]), median(eff[row, "a"]), median(p50[row, "a"]), median(p99[row, "a"]), rss[row, "a"] / 1024,
-        median(rps[row, "b"]), median(cpu[row, "b"]), median(eff[row, "b"]), median(p50[row, "b"]), median(p99[row, "b"]), rss[row, "b"] / 1024,
-        median(qs), lo, hi
-    }
-  }' "$RESULTS"
+ratio_table "$RESULTS" bars nginx 22 "rps:7 cpu:6 eff:9 p50:6 p99:7 rss:6" \
+  "1=1 static 1 KiB" "2=2 static 100 KiB" "3=3 static 1 MiB" \
+  "4=4 gzip 100 KiB CSS" "5=5 proxied, microcache" "6=6 proxied, no cache"
 
 echo
 echo "warnings/errors in the logs:"
