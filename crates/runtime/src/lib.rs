@@ -14,6 +14,7 @@ pub mod conn_limits;
 pub mod front_door;
 pub mod proxy_protocol;
 pub mod secrets;
+pub mod zero_copy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -257,7 +258,7 @@ pub async fn serve_with<F, Fut, B>(
             // HTTP/1.1 passes the front door; h2 frames carry their own lengths.
             let result = match tls {
                 None => {
-                    let (io, guard) = door.wrap(stream, peer);
+                    let (io, guard) = door.wrap(zero_copy::Socket::new(stream), peer);
                     let svc = service(handler, peer, Some(guard));
                     watcher
                         .watch(h1.serve_connection(TokioIo::new(io), svc))

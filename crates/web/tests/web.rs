@@ -272,6 +272,55 @@ async fn precompressed_siblings_go_to_clients_that_accept_them() {
 }
 
 #[tokio::test]
+async fn large_files_go_out_whole_with_sendfile_on_a_keep_alive_connection() {
+    let app = app(Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big: Vec<u8> = (0..(1 << 20) + 3).map(|i: usize| (i * 31 % 253) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), &big).expect("write");
+    let site = StaticSite::load(dir.path(), &SiteOptions::default()).expect("site");
+    let (web, _) = web(WebSettings::default(), site, app.addr).await;
+
+    // Three answers in a row on one connection: each head must come before its body
+    // and after the previous body, whatever the kernel took at a time.
+    let stream = TcpStream::connect(web).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let before = hastack_runtime::zero_copy::bytes_sent();
+    for range in [None, Some((100_000, 899_999)), None] {
+        let mut req = Request::builder()
+            .uri("/big.bin")
+            .header("host", "www.foobar.com");
+        if let Some((a, b)) = range {
+            req = req.header("range", format!("bytes={a}-{b}"));
+        }
+        let resp = send
+            .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        match range {
+            None => {
+                assert_eq!(status, StatusCode::OK);
+                assert!(body == big, "the whole file, byte for byte");
+            }
+            Some((a, b)) => {
+                assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+                assert!(body == big[a..=b], "the range, byte for byte");
+            }
+        }
+    }
+    assert!(
+        hastack_runtime::zero_copy::bytes_sent() - before >= 2 * big.len() as u64 + 800_000,
+        "the bodies left with sendfile(2)"
+    );
+    let _ = app.stop.send(true);
+}
+
+#[tokio::test]
 async fn the_app_tiers_answers_are_compressed_on_the_fly_with_vary() {
     let app = app(Duration::ZERO).await;
     post(app.addr, 30).await;
