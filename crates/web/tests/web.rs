@@ -275,7 +275,9 @@ async fn precompressed_siblings_go_to_clients_that_accept_them() {
 async fn large_files_go_out_whole_with_sendfile_on_a_keep_alive_connection() {
     let app = app(Duration::ZERO).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let big: Vec<u8> = (0..(1 << 20) + 3).map(|i: usize| (i * 31 % 253) as u8).collect();
+    let big: Vec<u8> = (0..(1 << 20) + 3)
+        .map(|i: usize| (i * 31 % 253) as u8)
+        .collect();
     std::fs::write(dir.path().join("big.bin"), &big).expect("write");
     let site = StaticSite::load(dir.path(), &SiteOptions::default()).expect("site");
     let (web, _) = web(WebSettings::default(), site, app.addr).await;
