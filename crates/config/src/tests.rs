@@ -86,17 +86,21 @@ fn wrong_type_is_reported_where_it_is() {
 #[test]
 fn syntax_error_has_a_place() {
     let text = edited("vrid = 51", "vrid = = 51");
-    one_error_at(&text, line_of(&text, "vrid = = 51"), "");
+    let e = one_error_at(&text, line_of(&text, "vrid = = 51"), "invalid string");
+    assert_eq!(e.message, "invalid string\nexpected `\"`, `'`");
+    assert_eq!(e.column, 8, "at the second `=`");
 }
 
 #[test]
-fn missing_section_is_named() {
+fn a_misspelt_section_is_named_with_the_valid_ones() {
     let text = DEFAULT_TOPOLOGY.replace("[vip]", "[vipp]");
-    let errs = errors(&text);
-    assert!(
-        errs[0].message.contains("vipp") || errs[0].message.contains("vip"),
-        "{errs:?}"
+    let e = one_error_at(&text, line_of(&text, "[vipp]"), "unknown field `vipp`");
+    assert_eq!(
+        e.message,
+        "unknown field `vipp`, expected one of `site`, `vip`, `ports`, `vrrp`, `health`, \
+         `lb`, `http`, `web`, `tls`, `db`, `node`"
     );
+    assert_eq!(e.column, 2, "the section's name");
 }
 
 #[test]

@@ -40,11 +40,11 @@ use mycnf::{Accounts, Instance, Layout};
 use serde_json::json;
 
 /// How long `mariadb-install-db` may take.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a starting `mariadbd` may take to answer.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a stopping `mariadbd` may take before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a db node could not run.
 #[derive(Debug, thiserror::Error)]

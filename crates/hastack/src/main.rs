@@ -11,6 +11,7 @@
 //! - `check` validates a topology file, `config` prints the built-in one.
 
 mod control;
+mod deadlines;
 mod drill;
 mod drill_lb;
 mod http_get;

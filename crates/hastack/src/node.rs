@@ -3,21 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use hastack_config::Role;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-/// How long a node may take to stop after SIGTERM before it exits anyway.
-fn stop_deadline(role: Role) -> Duration {
-    match role {
-        Role::Db => Duration::from_secs(70),
-        _ => Duration::from_secs(10),
-    }
-}
 
 /// Raises this process's soft limit on open descriptors to its hard limit (as nginx's
 /// `worker_rlimit_nofile` and HAProxy do): the soft default of 1024 is a few hundred
@@ -188,12 +179,12 @@ async fn stop(
 ) -> anyhow::Result<()> {
     info!("stopping");
     let _ = tx.send(true);
-    match tokio::time::timeout(stop_deadline(role), run.as_mut()).await {
+    match tokio::time::timeout(crate::deadlines::node_stop(role), run.as_mut()).await {
         Ok(r) => r,
         Err(_) => {
             warn!(
                 "did not stop within {:?}; exiting anyway",
-                stop_deadline(role)
+                crate::deadlines::node_stop(role)
             );
             Ok(())
         }

@@ -34,25 +34,9 @@ use tokio::task::JoinSet;
 use hastack_config::{Node, Role, Topology};
 
 use crate::control::{self, NodeStatus, Request, Response, StatusReport};
+use crate::deadlines;
 use crate::http_get;
 use crate::netns::{self, Network};
-
-/// How long a tier may take to become ready.
-fn ready_deadline(role: Role) -> Duration {
-    match role {
-        // mariadb-install-db plus the first start.
-        Role::Db => Duration::from_secs(180),
-        _ => Duration::from_secs(90),
-    }
-}
-
-/// How long a node may take to stop after SIGTERM before it is killed.
-fn stop_deadline(role: Role) -> Duration {
-    match role {
-        Role::Db => Duration::from_secs(75),
-        _ => Duration::from_secs(15),
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NodeState {
@@ -265,9 +249,10 @@ impl Supervisor {
 
     async fn run(self: Arc<Self>) -> anyhow::Result<ExitCode> {
         let listener =
-            UnixListener::bind(control::socket_path(&self.state_dir)).with_context(|| {
-                format!("binding the control socket in {}", self.state_dir.display())
-            })?;
+            hastack_runtime::control_socket::bind(&control::socket_path(&self.state_dir))
+                .with_context(|| {
+                    format!("binding the control socket in {}", self.state_dir.display())
+                })?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let total = self.slots().len();
@@ -345,9 +330,12 @@ impl Supervisor {
     async fn accept_control(self: Arc<Self>, listener: UnixListener) {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(self.clone().serve_control(stream));
-                }
+                Ok((stream, _)) => match hastack_runtime::control_socket::admit(&stream) {
+                    Ok(()) => {
+                        tokio::spawn(self.clone().serve_control(stream));
+                    }
+                    Err(why) => println!("hastack: control connection refused: {why}"),
+                },
                 Err(e) => {
                     println!("hastack: control socket: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -378,7 +366,7 @@ impl Supervisor {
                 let sup = self.clone();
                 let name = name.clone();
                 waits.spawn(async move {
-                    let r = sup.wait_ready(&name, ready_deadline(role)).await;
+                    let r = sup.wait_ready(&name, deadlines::ready(role)).await;
                     (name, r)
                 });
             }
@@ -388,7 +376,12 @@ impl Supervisor {
             while !waits.is_empty() {
                 tokio::select! {
                     joined = waits.join_next() => {
-                        let Some(Ok((name, r))) = joined else { continue };
+                        let (name, r) = match joined {
+                            Some(Ok(done)) => done,
+                            // A check that panicked proves nothing: the next tier waits.
+                            Some(Err(e)) => return Err(format!("a readiness check of the {role} tier failed: {e}")),
+                            None => continue,
+                        };
                         r.map_err(|e| format!("{name} failed to start: {e}"))?;
                         ready += 1;
                         pending.retain(|n| *n != name);
@@ -470,7 +463,12 @@ impl Supervisor {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", self.exe.display()))?;
-        let pid = child.id().unwrap_or(0);
+        // `id` is `None` only once the child has been waited for, which it has not: but
+        // a pid of 0 must never reach `kill` (it would signal our own process group).
+        let pid = child
+            .id()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{name} has no process id"))?;
         let generation = {
             let mut slots = self.slots();
             let slot = slots
@@ -585,6 +583,10 @@ impl Supervisor {
             let Some(pid) = slot.pid.filter(|_| slot.state.alive()) else {
                 return Err(format!("{name} is not running ({})", slot.state.label()));
             };
+            // Only a positive pid names one process: 0 and negative ones are groups.
+            let Some(pid) = i32::try_from(pid).ok().filter(|p| *p > 0) else {
+                return Err(format!("{name} has an invalid process id {pid}"));
+            };
             slot.state = if sig == Signal::SIGKILL {
                 NodeState::Killed
             } else {
@@ -592,7 +594,7 @@ impl Supervisor {
             };
             (pid, slot.node.role, slot.generation)
         };
-        let pid = Pid::from_raw(pid as i32);
+        let pid = Pid::from_raw(pid);
         let _ = kill(pid, sig);
         let started = Instant::now();
         let mut escalated = false;
@@ -606,15 +608,15 @@ impl Supervisor {
             if !alive {
                 break;
             }
-            if !escalated && started.elapsed() > stop_deadline(role) {
+            if !escalated && started.elapsed() > deadlines::supervisor_stop(role) {
                 println!(
                     "hastack: {name} did not stop within {:?}; killing it",
-                    stop_deadline(role)
+                    deadlines::supervisor_stop(role)
                 );
                 let _ = kill(pid, Signal::SIGKILL);
                 escalated = true;
             }
-            if started.elapsed() > stop_deadline(role) + Duration::from_secs(10) {
+            if started.elapsed() > deadlines::supervisor_stop(role) + Duration::from_secs(10) {
                 return Err(format!("{name} (pid {pid}) would not exit"));
             }
             tokio::select! {
@@ -886,7 +888,7 @@ impl Supervisor {
         };
         let started = Instant::now();
         self.spawn_node(name)?;
-        self.wait_ready(name, ready_deadline(role))
+        self.wait_ready(name, deadlines::ready(role))
             .await
             .map_err(|e| format!("{name} failed to start: {e}"))?;
         let msg = format!(

@@ -153,14 +153,7 @@ pub(crate) fn bind(state_dir: &Path, node: &str) -> std::io::Result<UnixListener
     let dir = path.parent().unwrap_or(state_dir);
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    hastack_runtime::control_socket::bind(&path)
 }
 
 /// What a running lb may change without a restart, and how.
@@ -387,6 +380,10 @@ pub(crate) async fn serve(
                 }
             },
         };
+        if let Err(why) = hastack_runtime::control_socket::admit(&stream) {
+            warn!(%why, "control connection refused");
+            continue;
+        }
         let live = live.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();

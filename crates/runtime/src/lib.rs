@@ -11,6 +11,7 @@
 
 pub mod child;
 pub mod conn_limits;
+pub mod control_socket;
 pub mod front_door;
 pub mod proxy_protocol;
 pub mod secrets;
