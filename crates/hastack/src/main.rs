@@ -16,6 +16,7 @@ mod drill;
 mod drill_lb;
 mod http_get;
 mod lb_ctl;
+mod logs;
 mod netns;
 mod node;
 mod supervisor;

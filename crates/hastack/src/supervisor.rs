@@ -36,6 +36,7 @@ use hastack_config::{Node, Role, Topology};
 use crate::control::{self, NodeStatus, Request, Response, StatusReport};
 use crate::deadlines;
 use crate::http_get;
+use crate::logs;
 use crate::netns::{self, Network};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,20 +424,16 @@ impl Supervisor {
     /// Spawns node `name` as a child process.
     fn spawn_node(self: &Arc<Self>, name: &str) -> Result<u32, String> {
         let log_path = self.log_path(name);
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let mut log = logs::RotatingLog::open(&log_path, logs::MAX_BYTES, logs::KEEP)
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        {
-            use std::io::Write;
-            let _ = writeln!(
-                log,
-                "=== hastack node {name}: started by the supervisor (pid {}) ===",
+        let _ = log.write_line(
+            format!(
+                "=== hastack node {name}: started by the supervisor (pid {}) ===\n",
                 std::process::id()
-            );
-        }
-        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+            )
+            .as_bytes(),
+        );
+        let log = Arc::new(std::sync::Mutex::new(log));
         let mut cmd = Command::new(&self.exe);
         cmd.arg("node")
             .arg(name)
@@ -445,8 +442,8 @@ impl Supervisor {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             // Ctrl-C reaches the supervisor only, which stops the tiers in order.
             .process_group(0);
         if let (Some(db), Some(Role::App)) = (&self.sqlite, self.role_of(name)) {
@@ -480,10 +477,31 @@ impl Supervisor {
             slot.pid = Some(pid);
             slot.generation
         };
+        let pumps: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(logs::pump(o, log.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(logs::pump(e, log.clone()))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let sup = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
             let status = child.wait().await;
+            // Its last words are in the log before anyone reads it (a process it left
+            // behind may hold the pipe open: not for long).
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                for pump in pumps {
+                    let _ = pump.await;
+                }
+            })
+            .await;
             let why = match status {
                 Ok(s) => s.to_string(),
                 Err(e) => e.to_string(),
