@@ -8,12 +8,15 @@
 //!   report what users saw ([`drill`], [`drill_lb`]);
 //! - `exec NODE -- CMD` runs a command in a node's namespace of an isolated stack
 //!   ([`netns`] makes them);
-//! - `check` validates a topology file, `config` prints the built-in one.
+//! - `check` validates a topology file, `config` prints the built-in one;
+//! - `export haproxy|keepalived|nginx` prints the incumbents' configuration of a node
+//!   ([`export`](mod@export)).
 
 mod control;
 mod deadlines;
 mod drill;
 mod drill_lb;
+mod export;
 mod http_get;
 mod lb_ctl;
 mod logs;
@@ -111,6 +114,19 @@ enum Cmd {
     },
     /// Print the built-in topology, a starting point for your own file.
     Config,
+    /// Print the configuration of the incumbent that does what a node does (HAProxy or
+    /// keepalived for an lb node, nginx for a web node), for teams that migrate or
+    /// compare; what it cannot express is said in `# not translated:` comments.
+    Export {
+        /// Which configuration.
+        #[arg(value_enum)]
+        what: export::Target,
+        /// The node (default: the first lb node, or for nginx the first web node).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Show the nodes of the running stack.
     Status {
         #[command(flatten)]
@@ -344,6 +360,29 @@ fn systemd(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `hastack export haproxy|keepalived|nginx [--node NAME]`: prints the incumbent's
+/// configuration of the node.
+fn export(
+    config: &ConfigArg,
+    what: export::Target,
+    node: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let mut topo = load(config)?;
+    // The files name the state directory, the site's root and the certificates: made
+    // absolute, they hold wherever the incumbent is started from.
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    topo.state_dir = absolute(&cwd, &topo.state_dir);
+    if let Some(root) = &topo.web.root {
+        topo.web.root = Some(absolute(&cwd, root));
+    }
+    for c in &mut topo.tls.certificates {
+        c.cert = absolute(&cwd, &c.cert);
+        c.key = absolute(&cwd, &c.key);
+    }
+    print!("{}", export::export(&topo, what, node)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `hastack exec NODE -- CMD`: runs CMD in the node's network namespace.
 fn exec(config: &ConfigArg, node: &str, command: &[String]) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
@@ -393,6 +432,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { config } => check(&config),
+        Cmd::Export { what, node, config } => export(&config, what, node.as_deref()),
         Cmd::Up { config, isolated } => supervisor::up(&config.config, isolated),
         Cmd::Node {
             name,
