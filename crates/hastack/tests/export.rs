@@ -53,15 +53,17 @@ fn hastack(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
-/// The built-in topology, as `hastack config` prints it, with each `(from, to)` edit
-/// made (each `from` exactly once).
-fn topology(dir: &Path, edits: &[(&str, &str)]) -> String {
+/// Writes `dir/hastack.toml`: the built-in topology, as `hastack config` prints it,
+/// with each `(from, to)` edit made (each `from` exactly once); returns its path.
+fn topology(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
     let mut t = hastack(dir, &["config"]);
     for (from, to) in edits {
         assert_eq!(t.matches(from).count(), 1, "ambiguous edit {from:?}");
         t = t.replace(from, to);
     }
-    t
+    let file = dir.join("hastack.toml");
+    std::fs::write(&file, t).expect("write topology");
+    file
 }
 
 /// Writes the export of `what` for `node` into `dir`; the file's path and its text.
@@ -214,59 +216,54 @@ fn the_incumbents_accept_the_export_of_the_built_in_topology() {
 #[test]
 fn the_incumbents_accept_the_export_of_every_translated_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("hastack.toml");
-    std::fs::write(
-        &file,
-        topology(
-            dir.path(),
-            &[
-                ("balance = \"roundrobin\"", "balance = \"hash\""),
-                ("hash_key = \"source\"", "hash_key = \"cookie:sid\""),
-                ("sticky_cookie = \"\"", "sticky_cookie = \"SERVERID\""),
-                ("rate_limit = 0 ", "rate_limit = 50 "),
-                ("rate_burst = 0 ", "rate_burst = 100 "),
-                ("max_conn_per_client = 0 ", "max_conn_per_client = 20 "),
-                ("max_conn = 0 ", "max_conn = 5000 "),
-                ("max_conn_per_server = 0 ", "max_conn_per_server = 10 "),
-                ("slow_start_ms = 0 ", "slow_start_ms = 2500 "),
-                ("eject_after = 0 ", "eject_after = 3 "),
-                ("front_proxies = []", "front_proxies = [\"10.0.0.0/8\"]"),
-                ("access_log = \"off\"", "access_log = \"json\""),
-                ("redirect_http = false", "redirect_http = true"),
-                ("hsts = false", "hsts = true"),
-                ("# [[tls.certificate]] ", "[[tls.certificate]] "),
-                ("# cert = \"site.crt\"", "cert = \".hastack/pki/site.crt\""),
-                ("# key = \"site.key\"", "key = \".hastack/pki/site.key\""),
-                ("# root = \"site\"", "root = \"site\""),
-                ("ttl_ms = 0 ", "ttl_ms = 1500 "),
-                ("session_cookies = []", "session_cookies = [\"sid\"]"),
-                ("# [web.cache_control] ", "[web.cache_control] "),
-                (
-                    "# \"/static/\" = \"public, max-age=3600\"",
-                    "\"/static/\" = \"public, max-age=3600\"",
-                ),
-                ("# \"*.html\" = \"no-cache\"", "\"*.html\" = \"no-cache\""),
-                ("# [web.error_pages] ", "[web.error_pages] "),
-                ("# 502 = \"/50x.html\"", "502 = \"/50x.html\""),
-                ("unicast = false ", "unicast = true "),
-                ("preempt_delay_ms = 0 ", "preempt_delay_ms = 2500 "),
-                ("authenticate = false ", "authenticate = true "),
-                (
-                    "# notify = \"/usr/local/bin/on-vrrp\"",
-                    "notify = \"/usr/local/bin/on-vrrp\"",
-                ),
-                (
-                    "address = \"127.0.2.2\"",
-                    "address = \"127.0.2.2\"\nweight = 3",
-                ),
-                (
-                    "address = \"127.0.3.2\"",
-                    "address = \"127.0.3.2\"\nweight = 0",
-                ),
-            ],
-        ),
-    )
-    .expect("write topology");
+    let file = topology(
+        dir.path(),
+        &[
+            ("balance = \"roundrobin\"", "balance = \"hash\""),
+            ("hash_key = \"source\"", "hash_key = \"cookie:sid\""),
+            ("sticky_cookie = \"\"", "sticky_cookie = \"SERVERID\""),
+            ("rate_limit = 0 ", "rate_limit = 50 "),
+            ("rate_burst = 0 ", "rate_burst = 100 "),
+            ("max_conn_per_client = 0 ", "max_conn_per_client = 20 "),
+            ("max_conn = 0 ", "max_conn = 5000 "),
+            ("max_conn_per_server = 0 ", "max_conn_per_server = 10 "),
+            ("slow_start_ms = 0 ", "slow_start_ms = 2500 "),
+            ("eject_after = 0 ", "eject_after = 3 "),
+            ("front_proxies = []", "front_proxies = [\"10.0.0.0/8\"]"),
+            ("access_log = \"off\"", "access_log = \"json\""),
+            ("redirect_http = false", "redirect_http = true"),
+            ("hsts = false", "hsts = true"),
+            ("# [[tls.certificate]] ", "[[tls.certificate]] "),
+            ("# cert = \"site.crt\"", "cert = \".hastack/pki/site.crt\""),
+            ("# key = \"site.key\"", "key = \".hastack/pki/site.key\""),
+            ("# root = \"site\"", "root = \"site\""),
+            ("ttl_ms = 0 ", "ttl_ms = 1500 "),
+            ("session_cookies = []", "session_cookies = [\"sid\"]"),
+            ("# [web.cache_control] ", "[web.cache_control] "),
+            (
+                "# \"/static/\" = \"public, max-age=3600\"",
+                "\"/static/\" = \"public, max-age=3600\"",
+            ),
+            ("# \"*.html\" = \"no-cache\"", "\"*.html\" = \"no-cache\""),
+            ("# [web.error_pages] ", "[web.error_pages] "),
+            ("# 502 = \"/50x.html\"", "502 = \"/50x.html\""),
+            ("unicast = false ", "unicast = true "),
+            ("preempt_delay_ms = 0 ", "preempt_delay_ms = 2500 "),
+            ("authenticate = false ", "authenticate = true "),
+            (
+                "# notify = \"/usr/local/bin/on-vrrp\"",
+                "notify = \"/usr/local/bin/on-vrrp\"",
+            ),
+            (
+                "address = \"127.0.2.2\"",
+                "address = \"127.0.2.2\"\nweight = 3",
+            ),
+            (
+                "address = \"127.0.3.2\"",
+                "address = \"127.0.3.2\"\nweight = 0",
+            ),
+        ],
+    );
     check_every_export(dir.path(), Some(&file));
     let conf = hastack(
         dir.path(),
@@ -289,24 +286,19 @@ fn the_incumbents_accept_the_export_of_every_translated_setting() {
 #[test]
 fn the_incumbents_accept_the_export_of_tls_passthrough_without_internal_tls() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("hastack.toml");
-    std::fs::write(
-        &file,
-        topology(
-            dir.path(),
-            &[
-                ("mode = \"terminate\"", "mode = \"passthrough\""),
-                ("internal = true ", "internal = false "),
-                ("send_proxy = false", "send_proxy = true"),
-                ("check = \"http\"", "check = \"tcp\""),
-                ("balance = \"roundrobin\"", "balance = \"leastconn\""),
-                ("access_log = \"off\"", "access_log = \"text\""),
-                ("compress = true", "compress = false"),
-                ("preempt = true", "preempt = false"),
-            ],
-        ),
-    )
-    .expect("write topology");
+    let file = topology(
+        dir.path(),
+        &[
+            ("mode = \"terminate\"", "mode = \"passthrough\""),
+            ("internal = true ", "internal = false "),
+            ("send_proxy = false", "send_proxy = true"),
+            ("check = \"http\"", "check = \"tcp\""),
+            ("balance = \"roundrobin\"", "balance = \"leastconn\""),
+            ("access_log = \"off\"", "access_log = \"text\""),
+            ("compress = true", "compress = false"),
+            ("preempt = true", "preempt = false"),
+        ],
+    );
     check_every_export(dir.path(), Some(&file));
 }
 
