@@ -29,7 +29,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -60,12 +60,16 @@ pub fn bytes_sent() -> u64 {
     SENT.load(Ordering::Relaxed)
 }
 
+/// How many mappings are registered.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
 /// Every live mapping (a handful: the big files of a site).
 static REGIONS: RwLock<Vec<Region>> = RwLock::new(Vec::new());
 
 /// The memfd and offset holding `slice`, when it lies in a live mapping.
 fn find(slice: &[u8]) -> Option<(RawFd, usize)> {
-    if slice.len() < ZERO_COPY_MIN {
+    // Nodes without sealed files (the lb, a proxying web node) take no lock.
+    if slice.len() < ZERO_COPY_MIN || LIVE.load(Ordering::Relaxed) == 0 {
         return None;
     }
     let at = slice.as_ptr() as usize;
@@ -104,6 +108,7 @@ impl Drop for Mapping {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|r| r.start != start);
+        LIVE.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: unregistered above, so no writer looks it up any more, and this was
         // the last owner of its bytes.
         if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {
@@ -173,6 +178,7 @@ fn seal(data: &[u8]) -> std::io::Result<Mapping> {
             len: data.len(),
             fd: mapping.fd.as_raw_fd(),
         });
+    LIVE.fetch_add(1, Ordering::Relaxed);
     Ok(mapping)
 }
 
