@@ -23,6 +23,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)          # HTTPS and HTTP/2 tests: a real client
 command -v openssl >/dev/null 2>&1 || need+=(openssl)    # reads the certificate a server shows
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)  # the browser trusts the internal CA
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)        # DNS answers of the dns nodes, by a real resolver client
+/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)  # every /metrics through Prometheus' OpenMetrics parser
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

@@ -41,6 +41,7 @@ use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
+use hastack_status::health::{AppHealth, Health, ReplicaView};
 use hastack_tls::pki::PkiError;
 
 pub use idempotency::IdempotencyKey;
@@ -293,16 +294,24 @@ async fn health_report(store: &Store, node: &str) -> HealthReport {
     let h = store.health().await;
     HealthReport {
         healthy: h.can_read,
-        body: serde_json::json!({
-            "node": node,
-            "role": "app",
-            "db": store.engine(),
-            "can_read": h.can_read,
-            "can_write": h.can_write,
-            "primary": h.primary,
-            "replicas": h.replicas,
-            "problem": h.problem,
-            "db_tls": h.db_tls,
+        body: Health::App(AppHealth {
+            node: node.to_string(),
+            db: store.engine().to_string(),
+            can_read: h.can_read,
+            can_write: h.can_write,
+            primary: h.primary,
+            replicas: h
+                .replicas
+                .into_iter()
+                .map(|r| ReplicaView {
+                    name: r.name,
+                    status: r.status,
+                    lag_s: r.lag_s,
+                })
+                .collect(),
+            problem: h.problem,
+            db_tls: h.db_tls,
+            traffic: store.metrics().traffic.get(),
         }),
     }
 }
@@ -314,6 +323,7 @@ pub fn router(store: Store, node: &str) -> Router {
         node: node.into(),
     };
     let served_by = HeaderValue::from_str(node).unwrap_or_else(|_| HeaderValue::from_static("app"));
+    let traffic = state.store.metrics().traffic.clone();
     Router::new()
         .route("/", get(front_page))
         .route("/posts", axum::routing::post(form_post))
@@ -322,13 +332,22 @@ pub fn router(store: Store, node: &str) -> Router {
         .route("/healthz", get(healthz))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not found") })
         .with_state(state)
-        .layer(axum::middleware::map_response(move |mut resp: Response| {
-            let served_by = served_by.clone();
-            async move {
-                resp.headers_mut().insert("x-served-by", served_by);
-                resp
-            }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let served_by = served_by.clone();
+                let traffic = traffic.clone();
+                // The tiers' health checks are not the site's traffic.
+                let health_check = req.uri().path() == "/healthz";
+                async move {
+                    let mut resp = next.run(req).await;
+                    if !health_check {
+                        traffic.count(resp.status().as_u16());
+                    }
+                    resp.headers_mut().insert("x-served-by", served_by);
+                    resp
+                }
+            },
+        ))
 }
 
 /// The store of `data` for the topology's db tier: every db node, the app's account.
@@ -438,7 +457,7 @@ pub async fn run(
             Box::pin(async move { health_report(&store, &name).await }) as _
         })
     };
-    let admin = Admin::new(probe, registry, None);
+    let admin = Admin::new(probe, registry);
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
     let app = router(store, name);

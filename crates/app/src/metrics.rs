@@ -41,6 +41,8 @@ pub struct AppMetrics {
     pub reads: Family<NodeLabel, Counter>,
     /// 1 for the db node the app currently writes to, 0 for the others.
     pub primary: Family<NodeLabel, Gauge>,
+    /// Requests answered and the 5xx among them, for `/healthz`.
+    pub traffic: std::sync::Arc<hastack_runtime::metrics::TrafficCounter>,
 }
 
 impl AppMetrics {

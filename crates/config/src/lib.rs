@@ -30,11 +30,17 @@ pub enum Role {
     App,
     /// Database server: one supervised `mariadbd`.
     Db,
+    /// Authoritative DNS server of the site's zone (optional tier).
+    Dns,
 }
 
 impl Role {
     /// All roles, in the order traffic flows down the picture.
-    pub const ALL: [Role; 4] = [Role::Lb, Role::Web, Role::App, Role::Db];
+    pub const ALL: [Role; 5] = [Role::Dns, Role::Lb, Role::Web, Role::App, Role::Db];
+
+    /// The tiers every topology needs at least one node of (DNS is optional: the
+    /// site's name may live in a zone served elsewhere).
+    pub const REQUIRED: [Role; 4] = [Role::Lb, Role::Web, Role::App, Role::Db];
 
     /// The role's name as written in the topology file.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +49,7 @@ impl Role {
             Role::Web => "web",
             Role::App => "app",
             Role::Db => "db",
+            Role::Dns => "dns",
         }
     }
 }
@@ -169,6 +176,19 @@ pub struct Ports {
     pub vrrp: u16,
     /// The db nodes' consensus (Raft over HTTP) on who is primary.
     pub raft: u16,
+    /// DNS (UDP and TCP) on dns nodes.
+    pub dns: u16,
+}
+
+/// The dns tier's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// TTL of the site's records, seconds.
+    pub ttl: u32,
+    /// Responses per second per client address (0: no limit); more are dropped.
+    pub rate_limit: u32,
+    /// Responses a client may get at once above the rate.
+    pub rate_burst: u32,
 }
 
 /// VRRP settings of the lb tier.
@@ -532,6 +552,10 @@ pub struct Topology {
     pub web: WebSettings,
     /// Database tier settings.
     pub db: DbSettings,
+    /// The dns tier.
+    pub dns: DnsSettings,
+    /// Where `hastack up` serves the live dashboard (`None`: it does not).
+    pub dashboard: Option<SocketAddr>,
     /// All nodes, in file order.
     pub nodes: Vec<Node>,
 }
@@ -577,6 +601,7 @@ impl Topology {
             Role::Web => self.ports.web,
             Role::App => self.ports.app,
             Role::Db => self.ports.db,
+            Role::Dns => self.ports.dns,
         }
     }
 

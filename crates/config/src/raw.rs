@@ -10,8 +10,8 @@ use serde_spanned::Spanned;
 
 use crate::{
     AccessLogFormat, Balance, CertFiles, CheckKind, ConfigError, ConfigErrors, DbSettings,
-    Durability, HashOn, HealthSettings, HttpSettings, LbSettings, Mode, Node, Ports, Role, Subnet,
-    TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
+    DnsSettings, Durability, HashOn, HealthSettings, HttpSettings, LbSettings, Mode, Node, Ports,
+    Role, Subnet, TlsMode, TlsSettings, Topology, VrrpSettings, WebSettings, line_col,
 };
 
 /// The seed topology: what `hastack up` runs without `--config`, and what
@@ -39,6 +39,7 @@ app = 8082
 db = 3306
 vrrp = 5798                # VRRP adverts between lb nodes (UDP in loopback mode)
 raft = 9102                # the db nodes' consensus on who is primary (Raft, HTTP)
+dns = 5353                 # the dns nodes' DNS (UDP and TCP)
 
 [vrrp]
 vrid = 51
@@ -139,6 +140,15 @@ user = "foobar"
 # password = "…"           # the app's and the replication account's passwords are
 # repl_password = "…"      # generated into <state_dir>/secrets/ unless given here
 
+[dns]                      # the dns nodes answer for the site's zone (foobar.com.): the
+ttl = 60                   # site's name -> the VIP, SOA and NS; nothing else (no recursion,
+rate_limit = 50            # ANY refused); responses per second per client address (0: no
+rate_burst = 100           # limit), and how many at once above it; more are dropped
+
+[dashboard]
+address = "127.0.0.1:9000" # `hastack up` serves the live dashboard here ("": not at all);
+                           # every lb's admin port serves it too, at /dashboard/
+
 [[node]]
 name = "lb1"
 role = "lb"
@@ -185,6 +195,16 @@ address = "127.0.4.2"
 name = "db3"
 role = "db"
 address = "127.0.4.3"
+
+[[node]]
+name = "dns1"
+role = "dns"
+address = "127.0.5.1"
+
+[[node]]
+name = "dns2"
+role = "dns"
+address = "127.0.5.2"
 "#;
 
 #[derive(Deserialize)]
@@ -209,7 +229,43 @@ pub(crate) struct RawTopology {
     #[serde(default)]
     db: RawDb,
     #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    dashboard: RawDashboard,
+    #[serde(default)]
     node: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    ttl: u32,
+    rate_limit: u32,
+    rate_burst: u32,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            ttl: 60,
+            rate_limit: 50,
+            rate_burst: 100,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDashboard {
+    address: Spanned<String>,
+}
+
+impl Default for RawDashboard {
+    fn default() -> Self {
+        RawDashboard {
+            address: Spanned::new(0..0, "127.0.0.1:9000".to_string()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -259,6 +315,7 @@ struct RawPorts {
     db: Spanned<u16>,
     vrrp: Spanned<u16>,
     raft: Spanned<u16>,
+    dns: Spanned<u16>,
 }
 
 impl Default for RawPorts {
@@ -271,6 +328,7 @@ impl Default for RawPorts {
             db: Spanned::new(0..0, 3306),
             vrrp: Spanned::new(0..0, 5798),
             raft: Spanned::new(0..0, 9102),
+            dns: Spanned::new(0..0, 5353),
         }
     }
 }
@@ -1138,11 +1196,12 @@ pub(crate) fn validate(
             "web" => Some(Role::Web),
             "app" => Some(Role::App),
             "db" => Some(Role::Db),
+            "dns" => Some(Role::Dns),
             other => {
                 c.error(
                     &n.role,
                     format!("unknown role \"{other}\" for node `{name}`"),
-                    "the role is one of \"lb\", \"web\", \"app\", \"db\"",
+                    "the role is one of \"dns\", \"lb\", \"web\", \"app\", \"db\"",
                 );
                 None
             }
@@ -1245,7 +1304,7 @@ pub(crate) fn validate(
     }
 
     let whole_file = Spanned::new(0..0, ());
-    for role in Role::ALL {
+    for role in Role::REQUIRED {
         if !raw.node.iter().any(|n| n.role.get_ref() == role.as_str()) {
             c.error(
                 &whole_file,
@@ -1287,6 +1346,20 @@ pub(crate) fn validate(
             .unwrap_or_default(),
     };
 
+    let dashboard = match raw.dashboard.address.get_ref().trim() {
+        "" | "off" => None,
+        text => match text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.error(
+                    &raw.dashboard.address,
+                    format!("dashboard.address `{text}` is not an address and port"),
+                    "write e.g. \"127.0.0.1:9000\", or \"\" for no dashboard",
+                );
+                None
+            }
+        },
+    };
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -1320,6 +1393,7 @@ pub(crate) fn validate(
             db: p.db.clone().into_inner(),
             vrrp: p.vrrp.clone().into_inner(),
             raft: p.raft.clone().into_inner(),
+            dns: p.dns.clone().into_inner(),
         },
         vrrp: VrrpSettings {
             vrid: raw.vrrp.vrid.into_inner(),
@@ -1363,6 +1437,12 @@ pub(crate) fn validate(
             password: raw.db.password.map(Spanned::into_inner),
             repl_password: raw.db.repl_password.map(Spanned::into_inner),
         },
+        dns: DnsSettings {
+            ttl: raw.dns.ttl,
+            rate_limit: raw.dns.rate_limit,
+            rate_burst: raw.dns.rate_burst,
+        },
+        dashboard,
         nodes,
     })
 }

@@ -52,7 +52,7 @@ fn default_topology_is_the_seed() {
     assert_eq!(
         names,
         [
-            "lb1", "lb2", "web1", "web2", "app1", "app2", "db1", "db2", "db3"
+            "lb1", "lb2", "web1", "web2", "app1", "app2", "db1", "db2", "db3", "dns1", "dns2"
         ]
     );
     assert_eq!(t.node("lb1").and_then(|n| n.priority), Some(150));
@@ -98,7 +98,7 @@ fn a_misspelt_section_is_named_with_the_valid_ones() {
     assert_eq!(
         e.message,
         "unknown field `vipp`, expected one of `site`, `vip`, `ports`, `vrrp`, `health`, \
-         `lb`, `http`, `web`, `tls`, `db`, `node`"
+         `lb`, `http`, `web`, `tls`, `db`, `dns`, `dashboard`, `node`"
     );
     assert_eq!(e.column, 2, "the section's name");
 }
@@ -249,6 +249,8 @@ fn isolated_text() -> String {
         "127.0.4.1",
         "127.0.4.2",
         "127.0.4.3",
+        "127.0.5.1",
+        "127.0.5.2",
     ]
     .iter()
     .enumerate()

@@ -157,8 +157,10 @@ pub struct Snapshot {
     pub role: Option<failover::NodeRole>,
     /// The last observation.
     pub observation: Observation,
-    /// More of it, for people.
-    pub detail: serde_json::Value,
+    /// More of it, for people (`None` until the first look, and when the last failed).
+    pub detail: Option<hastack_status::health::DbObservation>,
+    /// Why the last look failed.
+    pub error: Option<String>,
     /// The replicated record.
     pub cluster: ClusterState,
     /// The consensus leader's name, if known.
@@ -298,7 +300,9 @@ async fn semi_sync_status(pool: &MySqlPool) -> Result<(u32, bool), String> {
 }
 
 /// Looks at the local server.
-async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), String> {
+async fn observe(
+    pool: &MySqlPool,
+) -> Result<(Observation, hastack_status::health::DbObservation), String> {
     let row = bounded(
         "SELECT @@read_only",
         sqlx::query(
@@ -317,25 +321,20 @@ async fn observe(pool: &MySqlPool) -> Result<(Observation, serde_json::Value), S
     } else {
         (0, false)
     };
-    let mut detail = serde_json::json!({
-        "read_only": read_only,
-        "gtid_current_pos": pos,
-        "gtid_binlog_pos": bpos,
-    });
-    if master_side {
-        detail["semi_sync"] = serde_json::json!(if semi_on { "ON" } else { "OFF" });
-        detail["semi_sync_clients"] = serde_json::json!(clients);
-    }
-    detail["replication"] = match &slave {
-        Some(s) => serde_json::json!({
-            "master_host": s.master_host,
-            "io_running": if s.io_running { "Yes" } else { "No" },
-            "sql_running": if s.sql_running { "Yes" } else { "No" },
-            "seconds_behind_master": s.seconds_behind,
-            "gtid_io_pos": s.gtid_io_pos,
-            "last_error": s.divergence().unwrap_or_default(),
+    let detail = hastack_status::health::DbObservation {
+        read_only,
+        gtid_current_pos: pos,
+        gtid_binlog_pos: bpos,
+        semi_sync: master_side.then(|| if semi_on { "ON" } else { "OFF" }.to_string()),
+        semi_sync_clients: master_side.then_some(u64::from(clients)),
+        replication: slave.as_ref().map(|s| hastack_status::health::Replication {
+            master_host: s.master_host.clone(),
+            io_running: if s.io_running { "Yes" } else { "No" }.into(),
+            sql_running: if s.sql_running { "Yes" } else { "No" }.into(),
+            seconds_behind_master: s.seconds_behind,
+            gtid_io_pos: s.gtid_io_pos.clone(),
+            last_error: s.divergence().unwrap_or_default(),
         }),
-        None => serde_json::Value::Null,
     };
     let obs = Observation {
         read_only,
@@ -554,9 +553,9 @@ impl Agent {
             }
             let observed = observe(&self.local).await;
             let now = Instant::now();
-            let (obs, detail) = match &observed {
-                Ok((o, d)) => (Some(o), d.clone()),
-                Err(e) => (None, serde_json::json!({ "error": e })),
+            let (obs, detail, error) = match &observed {
+                Ok((o, d)) => (Some(o), Some(d.clone()), None),
+                Err(e) => (None, None, Some(e.clone())),
             };
             let actions = machine.tick(now, &state, obs);
             for action in actions {
@@ -615,6 +614,7 @@ impl Agent {
             snap.role = Some(role);
             snap.observation = obs.cloned().unwrap_or_default();
             snap.detail = detail;
+            snap.error = error;
             snap.cluster = state;
             snap.leader = leader;
             snap.lease_left_ms = lease_left;

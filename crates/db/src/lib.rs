@@ -33,11 +33,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
+use hastack_runtime::metrics::{FnCollector, Gather};
 use hastack_runtime::secrets::DbSecrets;
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
+use hastack_status::health::{ClusterView, DbHealth, Failover, Health};
 use hastack_tls::pki::PkiError;
 use mycnf::{Accounts, Instance, Layout};
-use serde_json::json;
 
 /// How long `mariadb-install-db` may take.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(180);
@@ -294,16 +295,14 @@ pub async fn run(
             Box::pin(async move { report }) as _
         })
     };
-    let extra = {
+    let mut registry = prometheus_client::registry::Registry::default();
+    {
         let snapshot = snapshot.clone();
-        Arc::new(move |out: &mut String| metrics(&lock(&snapshot), out))
-            as hastack_runtime::MetricsExtra
-    };
-    let admin = Admin::new(
-        probe,
-        prometheus_client::registry::Registry::default(),
-        Some(extra),
-    );
+        registry.register_collector(Box::new(FnCollector(move |g: &mut Gather<'_, '_>| {
+            metrics(&lock(&snapshot), g)
+        })));
+    }
+    let admin = Admin::new(probe, registry);
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
     let agent_task = tokio::spawn(agent.run(shutdown.clone()));
 
@@ -341,18 +340,6 @@ fn health(
     name: &str,
     durability: hastack_config::Durability,
 ) -> HealthReport {
-    let mut body = match &snap.detail {
-        serde_json::Value::Object(_) => snap.detail.clone(),
-        _ => json!({}),
-    };
-    body["node"] = json!(name);
-    body["role"] = json!("db");
-    body["db_role"] = json!(
-        snap.role
-            .as_ref()
-            .map_or_else(|| "starting".to_string(), failover::NodeRole::label)
-    );
-    body["durability"] = json!(durability.as_str());
     let writes = match &snap.role {
         Some(failover::NodeRole::Primary) => Some(
             if snap.observation.semi_sync_on && snap.observation.semi_sync_clients > 0 {
@@ -367,91 +354,98 @@ fn health(
         }
         _ => None,
     };
-    if let Some(writes) = writes {
-        body["writes"] = json!(writes);
-        body["lease_left_ms"] = json!(snap.lease_left_ms);
-    }
-    body["cluster"] = json!({
-        "epoch": snap.cluster.epoch,
-        "primary": snap.cluster.primary,
-        "consensus_leader": snap.leader,
-        "last_failover": snap.cluster.last_failover,
-    });
+    let body = DbHealth {
+        node: name.to_string(),
+        db_role: snap
+            .role
+            .as_ref()
+            .map_or_else(|| "starting".to_string(), failover::NodeRole::label),
+        durability: durability.as_str().to_string(),
+        observed: snap.detail.clone(),
+        error: snap.error.clone(),
+        lease_left_ms: writes.as_ref().and(snap.lease_left_ms),
+        writes,
+        cluster: ClusterView {
+            epoch: snap.cluster.epoch,
+            primary: snap.cluster.primary.clone(),
+            consensus_leader: snap.leader.clone(),
+            last_failover: snap.cluster.last_failover.as_ref().map(|f| Failover {
+                from: f.from.clone(),
+                to: f.to.clone(),
+                epoch: f.epoch,
+                at_unix_ms: f.at_unix_ms,
+                detected_after_ms: f.detected_after_ms,
+                fencing: f.fencing.clone(),
+                gtid: f.gtid.clone(),
+            }),
+        },
+    };
     HealthReport {
         healthy: snap.answering,
-        body,
+        body: Health::Db(body),
     }
 }
 
-fn metrics(snap: &agent::Snapshot, out: &mut String) {
-    use std::fmt::Write;
+/// The db node's figures for `/metrics`, read from the agent's last look at each scrape.
+fn metrics(snap: &agent::Snapshot, g: &mut Gather<'_, '_>) -> std::fmt::Result {
     let o = &snap.observation;
-    let lag = snap
-        .detail
-        .get("replication")
-        .and_then(|r| r.get("seconds_behind_master"))
-        .and_then(|v| v.as_u64());
-    let mut g = |name: &str, help: &str, kind: &str, v: f64| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        let suffix = if kind == "counter" { "_total" } else { "" };
-        let _ = writeln!(out, "{name}{suffix} {v}");
-    };
-    g(
-        "hastack_db_up",
-        "mariadbd answers",
-        "gauge",
-        f64::from(u8::from(snap.answering)),
-    );
-    g(
+    let flag = |b: bool| f64::from(u8::from(b));
+    g.gauge("hastack_db_up", "mariadbd answers", flag(snap.answering))?;
+    g.gauge(
         "hastack_db_primary",
         "This node is the primary and accepts writes",
-        "gauge",
-        f64::from(u8::from(snap.role == Some(failover::NodeRole::Primary))),
-    );
-    g(
-        "hastack_db_read_only",
-        "@@read_only",
-        "gauge",
-        f64::from(u8::from(o.read_only)),
-    );
-    g(
+        flag(snap.role == Some(failover::NodeRole::Primary)),
+    )?;
+    g.gauge("hastack_db_read_only", "@@read_only", flag(o.read_only))?;
+    g.gauge(
         "hastack_db_epoch",
         "Epoch of the replicated primary record",
-        "gauge",
         snap.cluster.epoch as f64,
-    );
-    g(
+    )?;
+    g.gauge(
         "hastack_db_semi_sync_clients",
         "Replicas acknowledging commits (on the primary)",
-        "gauge",
         f64::from(o.semi_sync_clients),
-    );
-    g(
+    )?;
+    g.gauge(
         "hastack_db_semi_sync_on",
         "Semi-sync replication is active (on the primary)",
-        "gauge",
-        f64::from(u8::from(o.semi_sync_on)),
-    );
+        flag(o.semi_sync_on),
+    )?;
+    g.gauge(
+        "hastack_db_replicating",
+        "Both replication threads run (on a replica)",
+        flag(o.io_running && o.sql_running),
+    )?;
+    let lag = snap
+        .detail
+        .as_ref()
+        .and_then(|d| d.replication.as_ref())
+        .and_then(|r| r.seconds_behind_master);
     if let Some(lag) = lag {
-        g(
+        g.gauge(
             "hastack_db_replication_lag_seconds",
             "Seconds_Behind_Master",
-            "gauge",
             lag as f64,
-        );
+        )?;
     }
-    g(
+    if let Some(ms) = snap.lease_left_ms {
+        g.gauge(
+            "hastack_db_lease_left_seconds",
+            "Lease left on the primary",
+            ms as f64 / 1000.0,
+        )?;
+    }
+    g.counter(
         "hastack_db_fences",
         "Fences carried out by this node",
-        "counter",
-        snap.fences as f64,
-    );
-    g(
+        snap.fences,
+    )?;
+    g.counter(
         "hastack_db_failovers",
         "Failovers decided by this node as arbiter",
-        "counter",
-        snap.failovers as f64,
-    );
+        snap.failovers,
+    )
 }
 
 /// Initialises the datadir: `mariadb-install-db` into `data.installing`, then renamed to

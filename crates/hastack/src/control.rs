@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use hastack_status::Health;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigArg;
@@ -42,59 +43,11 @@ pub(crate) struct Response {
     pub(crate) status: Option<StatusReport>,
 }
 
-/// The stack as the supervisor sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StatusReport {
-    /// Site name.
-    pub(crate) site: String,
-    /// Site URL through the VIP (in isolated mode: as seen from the client namespace).
-    pub(crate) url: String,
-    /// The site's HTTPS URL (by name; resolve the name to the VIP), when it has HTTPS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) https_url: Option<String>,
-    /// The internal CA's certificate, which HTTPS clients of the stack trust.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) ca: Option<String>,
-    /// The VIP's address (for `curl --resolve NAME:PORT:VIP`).
-    #[serde(default)]
-    pub(crate) vip: String,
-    /// `loopback` or `isolated`.
-    #[serde(default)]
-    pub(crate) mode: String,
-    /// Isolated mode: the client's network namespace (`hastack exec client -- CMD`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) client_netns: Option<String>,
-    /// State directory.
-    pub(crate) state_dir: String,
-    /// `mariadb` or `sqlite`.
-    pub(crate) db_engine: String,
-    /// Every node.
-    pub(crate) nodes: Vec<NodeStatus>,
-}
-
-/// One node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct NodeStatus {
-    /// Name.
-    pub(crate) name: String,
-    /// Tier.
-    pub(crate) role: String,
-    /// Address.
-    pub(crate) address: String,
-    /// Isolated mode: the node's network namespace (`hastack exec NODE -- CMD`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) netns: Option<String>,
-    /// `running`, `starting`, `stopped`, `killed`, `exited: …`, `not started`.
-    pub(crate) state: String,
-    /// Process id while it runs.
-    pub(crate) pid: Option<u32>,
-    /// `/healthz` of the node.
-    pub(crate) admin: String,
-    /// Whether `/healthz` answered 200.
-    pub(crate) healthy: Option<bool>,
-    /// The `/healthz` document.
-    pub(crate) health: Option<serde_json::Value>,
-}
+/// The stack as the supervisor sees it (the one model `status`, `top`, the dashboard
+/// and the drills read).
+pub(crate) type StatusReport = hastack_status::StackStatus;
+/// One node of it.
+pub(crate) type NodeStatus = hastack_status::NodeStatus;
 
 /// The control socket of a state directory.
 pub(crate) fn socket_path(state_dir: &Path) -> PathBuf {
@@ -184,19 +137,23 @@ pub(crate) fn rebuild(
     command(config, "rebuild", node, source)
 }
 
-/// `status [--json]`.
-pub(crate) fn status(config: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+/// The picture of the stack whose supervisor serves `state_dir`.
+pub(crate) fn fetch_status(state_dir: &Path) -> anyhow::Result<StatusReport> {
     let resp = send(
-        &target(config)?,
+        state_dir,
         &Request {
             cmd: "status".into(),
             node: String::new(),
             source: None,
         },
     )?;
-    let Some(report) = resp.status else {
-        anyhow::bail!("{}", resp.error.unwrap_or_else(|| "no status".into()));
-    };
+    resp.status
+        .ok_or_else(|| anyhow::anyhow!("{}", resp.error.unwrap_or_else(|| "no status".into())))
+}
+
+/// `status [--json]`.
+pub(crate) fn status(config: &ConfigArg, json: bool) -> anyhow::Result<ExitCode> {
+    let report = fetch_status(&target(config)?)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -207,55 +164,7 @@ pub(crate) fn status(config: &ConfigArg, json: bool) -> anyhow::Result<ExitCode>
 
 /// What a node's health says in one word or two.
 fn detail(n: &NodeStatus) -> String {
-    let Some(h) = &n.health else {
-        return String::new();
-    };
-    let field = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("");
-    match n.role.as_str() {
-        "lb" => format!("vrrp {}", field("vrrp")),
-        "db" => {
-            let role = field("db_role");
-            let mut d = match h
-                .get("replication")
-                .and_then(|r| r.get("sql_running"))
-                .and_then(|v| v.as_str())
-            {
-                Some(sql) if role == "replica" => format!("{role}, replicating: {sql}"),
-                _ => role.to_string(),
-            };
-            if role == "primary" {
-                let semi = h.get("semi_sync").and_then(|v| v.as_str()).unwrap_or("OFF");
-                let clients = h
-                    .get("semi_sync_clients")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                d.push_str(&format!(", semi-sync {semi} ({clients} acking)"));
-            }
-            if let Some(lag) = h
-                .get("replication")
-                .and_then(|r| r.get("seconds_behind_master"))
-                .and_then(|v| v.as_u64())
-                .filter(|l| *l > 0)
-            {
-                d.push_str(&format!(", {lag} s behind"));
-            }
-            let pos = field("gtid_current_pos");
-            if !pos.is_empty() {
-                d.push_str(&format!(", gtid {pos}"));
-            }
-            d
-        }
-        "app" => {
-            let can = |k: &str| h.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-            format!(
-                "db {}, reads {}, writes {}",
-                field("db"),
-                if can("can_read") { "ok" } else { "NO" },
-                if can("can_write") { "ok" } else { "NO" }
-            )
-        }
-        _ => String::new(),
-    }
+    n.health.as_ref().map(Health::summary).unwrap_or_default()
 }
 
 /// The node table.
@@ -265,11 +174,7 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
         "NODE", "ROLE", "ADDRESS", "PID", "STATE", "HEALTH"
     );
     for n in &r.nodes {
-        let health = match n.healthy {
-            Some(true) => "ok",
-            Some(false) => "failing",
-            None => "-",
-        };
+        let health = n.health_word();
         let d = detail(n);
         out.push_str(&format!(
             "{:<8} {:<4} {:<15} {:<8} {:<16} {}{}\n",
@@ -309,42 +214,14 @@ pub(crate) fn render_table(r: &StatusReport) -> String {
             r.url
         ));
     }
-    if let Some(f) = last_failover(r) {
-        let field = |k: &str| {
-            f.get(k)
-                .map(|v| v.to_string().trim_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let when = f
-            .get("at_unix_ms")
-            .and_then(|v| v.as_i64())
-            .and_then(utc_time)
-            .unwrap_or_default();
+    if let Some(f) = r.last_failover() {
+        let when = utc_time(f.at_unix_ms).unwrap_or_default();
         out.push_str(&format!(
             "last failover: {} → {} at {when} (epoch {}; lease expiry seen after {} ms; {})\n",
-            field("from"),
-            field("to"),
-            field("epoch"),
-            field("detected_after_ms"),
-            field("fencing"),
+            f.from, f.to, f.epoch, f.detected_after_ms, f.fencing,
         ));
     }
     out
-}
-
-/// The most recent failover any db node reports.
-fn last_failover(r: &StatusReport) -> Option<serde_json::Value> {
-    r.nodes
-        .iter()
-        .filter_map(|n| {
-            n.health
-                .as_ref()?
-                .get("cluster")?
-                .get("last_failover")
-                .cloned()
-        })
-        .filter(|f| !f.is_null())
-        .max_by_key(|f| f.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0))
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC` of Unix milliseconds.

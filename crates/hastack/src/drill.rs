@@ -25,6 +25,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use tokio::sync::watch;
 
 use hastack_config::{Role, Topology};
+use hastack_status::health::{DbHealth, Health};
 
 use crate::control::{self, Request};
 use crate::http_get;
@@ -94,7 +95,10 @@ async fn control(
         .context("control request")?
 }
 
-async fn db_nodes(state_dir: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+/// A db node's name and what its `/healthz` says (`None`: it does not answer).
+type DbNode = (String, Option<DbHealth>);
+
+async fn db_nodes(state_dir: &std::path::Path) -> anyhow::Result<Vec<DbNode>> {
     let resp = control(state_dir.to_path_buf(), "status", "").await?;
     let status = resp.status.context("no status from the supervisor")?;
     if status.db_engine != "mariadb" {
@@ -108,20 +112,20 @@ async fn db_nodes(state_dir: &std::path::Path) -> anyhow::Result<Vec<serde_json:
         .into_iter()
         .filter(|n| n.role == "db")
         .map(|n| {
-            serde_json::json!({
-                "name": n.name,
-                "state": n.state,
-                "health": n.health.unwrap_or_default(),
-            })
+            let h = match n.health {
+                Some(Health::Db(h)) => Some(h),
+                _ => None,
+            };
+            (n.name, h)
         })
         .collect())
 }
 
-fn primary_of(nodes: &[serde_json::Value]) -> Option<String> {
+fn primary_of(nodes: &[DbNode]) -> Option<String> {
     nodes
         .iter()
-        .find(|n| n["health"]["db_role"] == "primary")
-        .and_then(|n| n["name"].as_str().map(str::to_string))
+        .find(|(_, h)| h.as_ref().is_some_and(|h| h.db_role == "primary"))
+        .map(|(n, _)| n.clone())
 }
 
 /// Runs the drill; `cut` stops the replicas' receiving threads for a second first.
@@ -374,10 +378,10 @@ async fn run(
         let nodes = db_nodes(&state_dir).await?;
         positions = nodes
             .iter()
-            .filter_map(|n| {
+            .filter_map(|(name, h)| {
                 Some((
-                    n["name"].as_str()?.to_string(),
-                    n["health"]["gtid_current_pos"].as_str()?.to_string(),
+                    name.clone(),
+                    h.as_ref()?.observed.as_ref()?.gtid_current_pos.clone(),
                 ))
             })
             .collect();
@@ -386,14 +390,16 @@ async fn run(
         // A replica again: replicating, both threads running, on the primary's position.
         let old_health = nodes
             .iter()
-            .find(|n| n["name"] == old.as_str())
-            .map(|n| &n["health"]);
+            .find(|(name, _)| *name == old)
+            .and_then(|(_, h)| h.as_ref());
         if rejoined.is_none()
             && converged
             && old_health.is_some_and(|h| {
-                h["db_role"] == "replica"
-                    && h["replication"]["sql_running"] == "Yes"
-                    && h["replication"]["io_running"] == "Yes"
+                h.db_role == "replica"
+                    && h.observed
+                        .as_ref()
+                        .and_then(|o| o.replication.as_ref())
+                        .is_some_and(|r| r.sql_running == "Yes" && r.io_running == "Yes")
             })
         {
             rejoined = Some(started.elapsed().as_secs_f64());
@@ -407,8 +413,8 @@ async fn run(
     let old_role = db_nodes(&state_dir)
         .await?
         .iter()
-        .find(|n| n["name"] == old.as_str())
-        .and_then(|n| n["health"]["db_role"].as_str().map(str::to_string))
+        .find(|(name, _)| *name == old)
+        .and_then(|(_, h)| h.as_ref().map(|h| h.db_role.clone()))
         .unwrap_or_else(|| "not answering".into());
 
     // What is stored, read on the primary.
@@ -433,10 +439,11 @@ async fn run(
         let dups = stored.values().filter(|c| **c > 1).count();
         (lost, dups, acked.len())
     };
-    let last_failover = db_nodes(&state_dir).await?.iter().find_map(|n| {
-        let f = &n["health"]["cluster"]["last_failover"];
-        (!f.is_null()).then(|| f.clone())
-    });
+    let last_failover = db_nodes(&state_dir)
+        .await?
+        .into_iter()
+        .filter_map(|(_, h)| h?.cluster.last_failover)
+        .max_by_key(|f| f.epoch);
     let t = lock(&traffic);
     Ok(Report {
         variant: if cut {
@@ -455,12 +462,8 @@ async fn run(
         reads_failed: t.reads_failed,
         read_your_writes_misses: t.ryw_misses,
         max_writable_at_once: *lock(&max_writable),
-        failover_detected_after_ms: last_failover
-            .as_ref()
-            .and_then(|f| f["detected_after_ms"].as_u64()),
-        fencing: last_failover
-            .as_ref()
-            .and_then(|f| f["fencing"].as_str().map(str::to_string)),
+        failover_detected_after_ms: last_failover.as_ref().map(|f| f.detected_after_ms),
+        fencing: last_failover.as_ref().map(|f| f.fencing.clone()),
         old_primary_replica_after_s: rejoined,
         old_primary_role: old_role,
         converged,

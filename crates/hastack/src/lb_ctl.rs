@@ -89,25 +89,15 @@ fn render(node: &str, cmd: &Command, a: &Answer) -> String {
             "{node}:\n  {:<12} {:<22} {:<8} {:<6} {:>6} {:>9}\n",
             "server", "address", "health", "state", "weight", "in flight"
         ));
-        for s in a.servers.as_array().into_iter().flatten() {
-            let text = |k: &str| {
-                s.get(k)
-                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                    .unwrap_or_default()
-            };
-            let health = if s.get("healthy").and_then(|v| v.as_bool()) == Some(true) {
-                "UP"
-            } else {
-                "DOWN"
-            };
+        for s in &a.servers {
             out.push_str(&format!(
                 "  {:<12} {:<22} {:<8} {:<6} {:>6} {:>9}\n",
-                text("name"),
-                text("addr"),
-                health,
-                text("state"),
-                text("weight"),
-                text("in_flight")
+                s.name,
+                s.addr,
+                if s.healthy { "UP" } else { "DOWN" },
+                s.state,
+                s.weight,
+                s.in_flight
             ));
         }
     }

@@ -8,22 +8,27 @@
 //!   report what users saw ([`drill`], [`drill_lb`]);
 //! - `exec NODE -- CMD` runs a command in a node's namespace of an isolated stack
 //!   ([`netns`] makes them);
+//! - `top` shows the stack live in the terminal, `metrics` prints the Prometheus scrape
+//!   configuration of its nodes ([`top`]); `up` also serves the live dashboard
+//!   ([`hastack_status::dashboard`]);
 //! - `check` validates a topology file, `config` prints the built-in one;
 //! - `export haproxy|keepalived|nginx` prints the incumbents' configuration of a node
 //!   ([`export`](mod@export)).
 
 mod control;
 mod deadlines;
+mod dns_node;
 mod drill;
 mod drill_lb;
 mod export;
-mod http_get;
+use hastack_status::http as http_get;
 mod lb_ctl;
 mod logs;
 mod netns;
 mod node;
 mod supervisor;
 mod systemd;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,6 +129,20 @@ enum Cmd {
         /// The node (default: the first lb node, or for nginx the first web node).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The running stack live in the terminal: the VIP's holder, the db primary, every
+    /// node's health and requests per second, the last events (the dashboard's view).
+    Top {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print this many pictures, one a second, and exit (default: until Ctrl-C).
+        #[arg(long, value_name = "N")]
+        frames: Option<u64>,
+    },
+    /// Print a Prometheus scrape configuration listing every node's /metrics.
+    Metrics {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -453,6 +472,11 @@ fn main() -> ExitCode {
             state_dir,
         } => systemd(&config, &node, &exe, &state_dir),
         Cmd::Status { config, json } => control::status(&config, json),
+        Cmd::Top { config, frames } => top::top(&config, frames),
+        Cmd::Metrics { config } => load(&config).map(|topo| {
+            print!("{}", top::scrape_config(&topo));
+            ExitCode::SUCCESS
+        }),
         Cmd::Stop { node, config } => control::simple(&config, "stop", &node),
         Cmd::Start { node, config } => control::simple(&config, "start", &node),
         Cmd::Kill { node, config } => control::simple(&config, "kill", &node),

@@ -364,6 +364,16 @@ pub(crate) fn firewall(topo: &Topology, role: Role, supervisor: Ipv4Addr) -> Str
                 topo.ports.raft
             ));
         }
+        Role::Dns => {
+            rule(format!(
+                "udp dport {} accept comment \"DNS from anyone (answers only for the zone, rate-limited)\"",
+                topo.ports.dns
+            ));
+            rule(format!(
+                "tcp dport {} accept comment \"DNS over TCP\"",
+                topo.ports.dns
+            ));
+        }
     }
     format!(
         "table inet hastack {{\n  chain input {{\n    type filter hook input priority filter; policy drop;\n{rules}  }}\n}}\n"

@@ -140,6 +140,7 @@ pub(crate) fn main(
                         .await
                         .map_err(Into::into)
                 }
+                Role::Dns => crate::dns_node::run(&topo, name, rx).await,
                 Role::Db => {
                     let secrets = secrets
                         .clone()

@@ -93,6 +93,8 @@ struct Supervisor {
     done: Notify,
     /// Set once every tier is up; until then only `status` is served.
     ready: AtomicBool,
+    /// The dashboard's URL, once it listens.
+    dashboard_url: std::sync::OnceLock<String>,
 }
 
 /// Runs `hastack up` (`isolated`: `--isolated`).
@@ -204,6 +206,7 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
         exited: Notify::new(),
         done: Notify::new(),
         ready: AtomicBool::new(false),
+        dashboard_url: std::sync::OnceLock::new(),
         topo,
     });
     // Current-thread: children are forked from the main thread (see module docs).
@@ -248,6 +251,59 @@ impl Supervisor {
         self.topo.admin_addr(node)
     }
 
+    /// Serves the live dashboard on `[dashboard] address` (a picture of [`Self::status`]
+    /// every second). An address that cannot be bound is said and skipped: the stack
+    /// runs without it.
+    async fn serve_dashboard(self: Arc<Self>) {
+        let Some(addr) = self.topo.dashboard else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                println!(
+                    "hastack: no dashboard: cannot listen on {addr}: {e} (set [dashboard] address)"
+                );
+                return;
+            }
+        };
+        if let Ok(bound) = listener.local_addr() {
+            let _ = self.dashboard_url.set(format!("http://{bound}/"));
+        }
+        // The supervisor's process ends the dashboard; nothing else stops it.
+        let (_never, shutdown) = tokio::sync::watch::channel(false);
+        let sup = self.clone();
+        let dashboard = hastack_status::dashboard::Dashboard::spawn(
+            move || {
+                let sup = sup.clone();
+                async move { sup.status().await }
+            },
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let _never = _never;
+            hastack_runtime::serve_http1(
+                listener,
+                move |req: hyper::Request<hyper::body::Incoming>, _peer| {
+                    let dashboard = dashboard.clone();
+                    async move {
+                        let path = req.uri().path().trim_start_matches('/');
+                        dashboard.handle(path).unwrap_or_else(|| {
+                            hastack_runtime::text_response(
+                                hyper::StatusCode::NOT_FOUND,
+                                "text/plain",
+                                "not found: the dashboard is at /\n",
+                            )
+                            .map(http_body_util::BodyExt::boxed_unsync)
+                        })
+                    }
+                },
+                shutdown,
+            )
+            .await;
+        });
+    }
+
     async fn run(self: Arc<Self>) -> anyhow::Result<ExitCode> {
         let listener =
             hastack_runtime::control_socket::bind(&control::socket_path(&self.state_dir))
@@ -262,8 +318,10 @@ impl Supervisor {
             self.topo.site,
             self.state_dir.display()
         );
-        // The control socket answers from the start (`status` shows progress).
+        // The control socket answers from the start (`status` shows progress), and so
+        // does the dashboard.
         let control_task = tokio::spawn(self.clone().accept_control(listener));
+        self.clone().serve_dashboard().await;
         let started = Instant::now();
         let startup = self.clone().start_all();
         tokio::pin!(startup);
@@ -305,6 +363,9 @@ impl Supervisor {
         self.ready.store(true, Ordering::Release);
         let report = self.status().await;
         print!("\n{}", control::render_table(&report));
+        if let Some(url) = &report.dashboard {
+            println!("dashboard: {url}   (live; also on every lb's admin port at /dashboard/)");
+        }
         println!(
             "ready in {:.1} s — open {}   (Host: {})\ncontrol: hastack status | stop NODE | start NODE | kill NODE | down   (logs in {})",
             started.elapsed().as_secs_f64(),
@@ -349,7 +410,7 @@ impl Supervisor {
     async fn start_all(self: Arc<Self>) -> Result<(), String> {
         let total = self.slots().len();
         let mut ready = 0usize;
-        for role in [Role::Db, Role::App, Role::Web, Role::Lb] {
+        for role in [Role::Db, Role::App, Role::Web, Role::Lb, Role::Dns] {
             let names: Vec<String> = self
                 .slots()
                 .iter()
@@ -652,7 +713,7 @@ impl Supervisor {
 
     /// Stops every running node, tier by tier from the top.
     async fn stop_all(self: &Arc<Self>) {
-        for role in [Role::Lb, Role::Web, Role::App, Role::Db] {
+        for role in [Role::Dns, Role::Lb, Role::Web, Role::App, Role::Db] {
             let names: Vec<String> = self
                 .slots()
                 .iter()
@@ -678,27 +739,14 @@ impl Supervisor {
             .iter()
             .map(|s| (s.node.clone(), s.state.clone(), s.pid))
             .collect();
-        let mut probes = JoinSet::new();
-        for (node, state, _) in &snapshot {
-            if state.alive() {
-                let addr = self.admin_addr(node);
-                let name = node.name.clone();
-                probes.spawn(async move {
-                    (
-                        name,
-                        http_get::get(addr, "/healthz", Duration::from_millis(800)).await,
-                    )
-                });
-            }
-        }
-        let mut health: HashMap<String, (bool, Option<serde_json::Value>)> = HashMap::new();
-        while let Some(Ok((name, r))) = probes.join_next().await {
-            let entry = match r {
-                Ok((code, body)) => (code == 200, serde_json::from_str(&body).ok()),
-                Err(_) => (false, None),
-            };
-            health.insert(name, entry);
-        }
+        let alive: Vec<Node> = snapshot
+            .iter()
+            .filter(|(_, state, _)| state.alive())
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        let probes = hastack_status::poll::probe_all(&self.topo, &alive).await;
+        let mut health: HashMap<String, hastack_status::poll::Probe> =
+            alive.into_iter().map(|n| n.name).zip(probes).collect();
         let nodes = snapshot
             .into_iter()
             .map(|(node, state, pid)| {
@@ -711,8 +759,9 @@ impl Supervisor {
                     address: node.address.to_string(),
                     state: state.label(),
                     pid,
-                    healthy: h.as_ref().map(|(ok, _)| *ok),
-                    health: h.and_then(|(_, j)| j),
+                    // A live process that does not answer is failing, not unknown.
+                    healthy: h.as_ref().map(|p| p.healthy.unwrap_or(false)),
+                    health: h.and_then(|p| p.health),
                 }
             })
             .collect();
@@ -737,6 +786,8 @@ impl Supervisor {
             } else {
                 "mariadb".into()
             },
+            at_unix_ms: chrono::Utc::now().timestamp_millis(),
+            dashboard: self.dashboard_url.get().cloned(),
             nodes,
         }
     }
@@ -834,13 +885,9 @@ impl Supervisor {
         let report = self.status().await;
         let running_db =
             |n: &&NodeStatus| n.role == "db" && n.name != name && n.healthy == Some(true);
-        let role_of = |n: &NodeStatus| {
-            n.health
-                .as_ref()
-                .and_then(|h| h.get("db_role"))
-                .and_then(|r| r.as_str())
-                .unwrap_or("")
-                .to_string()
+        let role_of = |n: &NodeStatus| match &n.health {
+            Some(hastack_status::Health::Db(h)) => h.db_role.clone(),
+            _ => String::new(),
         };
         let source = match source {
             Some(s) => report

@@ -27,6 +27,11 @@ pub(crate) fn unit(
             20,
         ),
         Role::App => ("application server", "", 20),
+        Role::Dns => (
+            "authoritative DNS server",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE\n",
+            20,
+        ),
         // The node stops mariadbd cleanly; InnoDB may take a while to flush.
         Role::Db => ("database (supervises mariadbd)", "", 80),
     };

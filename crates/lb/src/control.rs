@@ -75,7 +75,7 @@ pub struct Answer {
     pub needs_restart: Vec<String>,
     /// The web nodes after the command.
     #[serde(default)]
-    pub servers: serde_json::Value,
+    pub servers: Vec<hastack_status::health::Upstream>,
 }
 
 /// Why a control command could not be sent or answered.
@@ -204,7 +204,7 @@ impl Live {
                 .map_err(|e| e.to_string()),
             Command::Reload => self.reload(),
         };
-        let servers = self.pool.health_json();
+        let servers = self.pool.upstreams();
         match result {
             Ok((changes, needs_restart)) => Answer {
                 ok: true,

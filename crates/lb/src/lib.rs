@@ -35,6 +35,7 @@ mod stats;
 use hastack_config::{Mode, Role, TlsMode, Topology};
 use hastack_proxy::{Chain, HealthCheck, Layer, Pool, PoolTls, Proxy, ProxyOptions};
 use hastack_runtime::{Admin, BindError, HealthProbe, HealthReport, bind_tcp};
+use hastack_status::health::LbHealth;
 use hastack_tls::{Acceptor, NodeTls, TlsError};
 use hastack_vrrp::auth::{Key, KeyError};
 use hastack_vrrp::{Health, Network, Setup, StartError, State, Stats, VipHook};
@@ -381,16 +382,18 @@ pub async fn run_with(
     let probe: HealthProbe = {
         let stats = stats.clone();
         let pool = pool.clone();
+        let proxy = proxy.clone();
         let name = name.to_string();
+        let vip = topo.vip.to_string();
         Arc::new(move || {
             let state = stats.state();
-            let fault = stats.fault();
-            let body = serde_json::json!({
-                "node": name,
-                "role": "lb",
-                "vrrp": state.as_str(),
-                "fault": fault,
-                "upstreams": pool.health_json(),
+            let body = hastack_status::Health::Lb(LbHealth {
+                node: name.clone(),
+                vrrp: state.as_str().to_string(),
+                fault: stats.fault(),
+                vip: vip.clone(),
+                upstreams: pool.upstreams(),
+                traffic: proxy.traffic(),
             });
             Box::pin(async move {
                 HealthReport {
@@ -400,10 +403,7 @@ pub async fn run_with(
             })
         })
     };
-    let extra = {
-        let stats = stats.clone();
-        Arc::new(move |out: &mut String| stats.render(out))
-    };
+    registry.register_collector(Box::new(hastack_vrrp::stats::StatsCollector(stats.clone())));
 
     let check = HealthCheck {
         proxy_header: topo.lb.send_proxy,
@@ -457,7 +457,19 @@ pub async fn run_with(
         );
         Arc::new(move || stats::page(&name, &site, &proxy, limited.get()))
     };
-    let admin = Admin::new(probe, registry, Some(extra)).with_page("/stats", stats_page);
+    let dashboard = {
+        let topo = topo.clone();
+        hastack_status::dashboard::Dashboard::spawn(
+            move || {
+                let topo = topo.clone();
+                async move { hastack_status::poll::stack(&topo).await }
+            },
+            shutdown.clone(),
+        )
+    };
+    let admin = Admin::new(probe, registry)
+        .with_page("/stats", stats_page)
+        .with_dashboard(dashboard);
     let admin_task = tokio::spawn(admin.serve(admin_listener, shutdown.clone()));
 
     let (health_tx, health_rx) = watch::channel(own_health(&pool));

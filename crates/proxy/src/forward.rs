@@ -234,6 +234,14 @@ impl Proxy {
         (classes, self.retries.get())
     }
 
+    /// Requests answered and how many were 5xx, for `/healthz`.
+    pub fn traffic(&self) -> hastack_status::health::Traffic {
+        hastack_status::health::Traffic {
+            requests: self.responses.iter().map(Counter::get).sum(),
+            errors: self.responses[4].get(),
+        }
+    }
+
     fn count(&self, status: StatusCode) {
         let i = match status.as_u16() / 100 {
             1 => 0,

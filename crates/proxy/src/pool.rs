@@ -764,20 +764,18 @@ impl Pool {
 
     /// Each server's name, health, operator state, weight and requests in flight, for
     /// `/healthz` and `hastack lb show`.
-    pub fn health_json(&self) -> serde_json::Value {
+    pub fn upstreams(&self) -> Vec<hastack_status::health::Upstream> {
         self.set
             .load()
             .servers
             .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "name": s.name,
-                    "addr": s.addr.to_string(),
-                    "healthy": s.is_healthy(),
-                    "state": s.admin_state().as_str(),
-                    "weight": s.weight(),
-                    "in_flight": s.active(),
-                })
+            .map(|s| hastack_status::health::Upstream {
+                name: s.name.to_string(),
+                addr: s.addr.to_string(),
+                healthy: s.is_healthy(),
+                state: s.admin_state().as_str().to_string(),
+                weight: s.weight(),
+                in_flight: s.active(),
             })
             .collect()
     }

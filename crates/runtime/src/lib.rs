@@ -1,6 +1,7 @@
 //! What every hastack node process shares, whatever its tier:
 //!
-//! - the admin endpoints, `GET /healthz` and Prometheus `GET /metrics` ([`Admin`]);
+//! - the admin endpoints, `GET /healthz` (the role's typed [`Health`]) and Prometheus
+//!   `GET /metrics` with the process's own figures ([`Admin`], [`metrics`]);
 //! - the one accept loop (keep-alive, header timeout, graceful drain; TLS with HTTP/2 or
 //!   HTTP/1.1 by ALPN when given an acceptor) that every listener uses ([`serve`]);
 //! - child processes that die with their parent ([`child::die_with_parent`]);
@@ -13,6 +14,7 @@ pub mod child;
 pub mod conn_limits;
 pub mod control_socket;
 pub mod front_door;
+pub mod metrics;
 pub mod proxy_protocol;
 pub mod secrets;
 pub mod zero_copy;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -35,19 +37,22 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-/// A node's answer to `/healthz`: healthy or not, and a JSON object saying why.
+pub use hastack_status::Health;
+
+/// A node's answer to `/healthz`: healthy or not, and its role's typed document saying
+/// why ([`hastack_status::Health`], which every reader deserializes).
 #[derive(Debug, Clone)]
 pub struct HealthReport {
     /// 200 when true, 503 when false.
     pub healthy: bool,
     /// The document (the node's role, its state, what it checked).
-    pub body: serde_json::Value,
+    pub body: Health,
 }
 
 impl HealthReport {
     /// A report serialized for the wire.
     pub fn to_json(&self) -> String {
-        self.body.to_string()
+        serde_json::to_string(&self.body).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
 
@@ -69,9 +74,7 @@ pub type HealthProbe =
 
 /// The probe of a node that is healthy whenever it runs; `describe` says what state it
 /// is in (VRRP state, upstreams…).
-pub fn steady_probe(
-    describe: impl Fn() -> serde_json::Value + Send + Sync + 'static,
-) -> HealthProbe {
+pub fn steady_probe(describe: impl Fn() -> Health + Send + Sync + 'static) -> HealthProbe {
     Arc::new(move || {
         let body = describe();
         Box::pin(async move {
@@ -82,9 +85,6 @@ pub fn steady_probe(
         })
     })
 }
-
-/// Extra metrics text a node renders at scrape time (values read from elsewhere).
-pub type MetricsExtra = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// How long a client may take to send a request's headers once it has begun (408
 /// after); the default of [`front_door::FrontDoor`].
@@ -409,20 +409,29 @@ pub type Action = Arc<dyn Fn(Option<&str>) -> (StatusCode, String) + Send + Sync
 pub struct Admin {
     probe: HealthProbe,
     registry: Arc<Registry>,
-    extra: Option<MetricsExtra>,
     pages: Vec<(&'static str, Page)>,
     actions: Vec<(&'static str, Action)>,
+    dashboard: Option<hastack_status::dashboard::Dashboard>,
+}
+
+/// The body of an admin answer (whole, or the dashboard's event stream).
+pub type AdminBody = hastack_status::dashboard::Body;
+
+fn whole(r: Response<Full<Bytes>>) -> Response<AdminBody> {
+    r.map(|b| b.boxed_unsync())
 }
 
 impl Admin {
-    /// Admin endpoints answering with `probe` and `registry`.
-    pub fn new(probe: HealthProbe, registry: Registry, extra: Option<MetricsExtra>) -> Admin {
+    /// Admin endpoints answering with `probe` and `registry`, to which the process's
+    /// own figures ([`metrics::ProcessCollector`]) are added.
+    pub fn new(probe: HealthProbe, mut registry: Registry) -> Admin {
+        registry.register_collector(Box::new(metrics::ProcessCollector));
         Admin {
             probe,
             registry: Arc::new(registry),
-            extra,
             pages: Vec::new(),
             actions: Vec::new(),
+            dashboard: None,
         }
     }
 
@@ -438,17 +447,47 @@ impl Admin {
         self
     }
 
+    /// Serves the live dashboard under `/dashboard/` (an lb's admin port).
+    pub fn with_dashboard(mut self, dashboard: hastack_status::dashboard::Dashboard) -> Admin {
+        self.dashboard = Some(dashboard);
+        self
+    }
+
     /// Answers one admin request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<AdminBody> {
         if req.method() == hyper::Method::POST
             && let Some((_, action)) = self.actions.iter().find(|(p, _)| *p == req.uri().path())
         {
             let (status, body) = action(req.uri().query());
-            return text_response(status, "application/json", body);
+            return whole(text_response(status, "application/json", body));
         }
         if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
-            return text_response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+            return whole(text_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n",
+            ));
         }
+        if let Some(dashboard) = &self.dashboard {
+            let path = req.uri().path();
+            if path == "/dashboard" {
+                let mut r = text_response(StatusCode::MOVED_PERMANENTLY, "text/plain", "");
+                r.headers_mut().insert(
+                    hyper::header::LOCATION,
+                    hyper::header::HeaderValue::from_static("/dashboard/"),
+                );
+                return whole(r);
+            }
+            if let Some(rest) = path.strip_prefix("/dashboard/")
+                && let Some(r) = dashboard.handle(rest)
+            {
+                return r;
+            }
+        }
+        whole(self.handle_whole(req).await)
+    }
+
+    async fn handle_whole(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
             "/healthz" => {
                 let report = (self.probe)().await;
@@ -469,17 +508,6 @@ impl Admin {
                         format!("encoding metrics: {e}\n"),
                     );
                 }
-                // `encode` ends with "# EOF"; extra families must come before it.
-                if let Some(extra) = &self.extra {
-                    let body = out
-                        .strip_suffix("# EOF\n")
-                        .map(str::to_owned)
-                        .unwrap_or(out);
-                    let mut body = body;
-                    extra(&mut body);
-                    body.push_str("# EOF\n");
-                    out = body;
-                }
                 text_response(
                     StatusCode::OK,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -495,6 +523,9 @@ impl Admin {
                     for (p, _) in &self.pages {
                         known.push_str(", ");
                         known.push_str(p);
+                    }
+                    if self.dashboard.is_some() {
+                        known.push_str(", /dashboard/");
                     }
                     text_response(
                         StatusCode::NOT_FOUND,

@@ -1,11 +1,16 @@
-//! What a VRRP node counts and how it reports it: counters for `/metrics` (rejections
+//! What a VRRP node counts and how it reports it: counters for `/metrics` through
+//! `prometheus-client` ([`StatsCollector`]: rejections
 //! by reason, transitions by state), the current state for `/healthz`, and a
 //! rate-limited log of rejected datagrams.
 //!
 //! Shared between the VRRP thread (which writes) and the admin endpoints (which read),
 //! so everything here is atomics or a short mutex; no I/O.
 
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -182,84 +187,79 @@ impl Stats {
     pub fn fault(&self) -> Option<String> {
         self.fault.lock().ok().and_then(|f| f.clone())
     }
+}
 
-    /// Prometheus text of every VRRP metric.
-    pub fn render(&self, out: &mut String) {
+/// The VRRP figures of a [`Stats`] for `/metrics`, read at each scrape through
+/// `prometheus-client` (the values live in the VRRP thread's atomics).
+#[derive(Debug, Clone)]
+pub struct StatsCollector(pub std::sync::Arc<Stats>);
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
         let l = Ordering::Relaxed;
-        let _ = writeln!(
-            out,
-            "# HELP hastack_vrrp_state VRRP state: 0 initialize, 1 backup, 2 master, 3 fault.\n\
-             # TYPE hastack_vrrp_state gauge\nhastack_vrrp_state {}",
-            self.state.load(l)
-        );
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {v}"
-            );
+        let state = ConstGauge::new(i64::from(s.state.load(l)));
+        state.encode(enc.encode_descriptor(
+            "hastack_vrrp_state",
+            "VRRP state: 0 initialize, 1 backup, 2 master, 3 fault.",
+            None,
+            state.metric_type(),
+        )?)?;
+        let mut counter = |name: &str, help: &str, v: u64| -> std::fmt::Result {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
         };
         counter(
-            out,
             "hastack_vrrp_adverts_sent",
             "Adverts sent.",
-            self.adverts_sent.load(l),
-        );
+            s.adverts_sent.load(l),
+        )?;
         counter(
-            out,
             "hastack_vrrp_adverts_received",
             "Adverts accepted.",
-            self.adverts_received.load(l),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hastack_vrrp_adverts_rejected Datagrams dropped, by reason.\n\
-             # TYPE hastack_vrrp_adverts_rejected counter"
-        );
-        for r in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "hastack_vrrp_adverts_rejected_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.rejected(r)
-            );
-        }
+            s.adverts_received.load(l),
+        )?;
         counter(
-            out,
             "hastack_vrrp_became_master",
             "Transitions to master.",
-            self.became_master.load(l),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hastack_vrrp_transitions State changes, by the state entered.\n\
-             # TYPE hastack_vrrp_transitions counter"
-        );
-        for s in STATES {
-            let _ = writeln!(
-                out,
-                "hastack_vrrp_transitions_total{{state=\"{}\"}} {}",
-                s.as_str(),
-                self.transitions(s)
-            );
-        }
+            s.became_master.load(l),
+        )?;
         counter(
-            out,
             "hastack_vrrp_garp_sent",
             "Gratuitous ARP frames sent.",
-            self.garp_sent.load(l),
-        );
+            s.garp_sent.load(l),
+        )?;
         counter(
-            out,
             "hastack_vrrp_vip_failures",
             "Failures to take the VIP (address or listener), each handed over.",
-            self.vip_failures.load(l),
-        );
+            s.vip_failures.load(l),
+        )?;
         counter(
-            out,
             "hastack_vrrp_notify_failures",
             "Notify commands that failed or timed out.",
-            self.notify_failures.load(l),
-        );
+            s.notify_failures.load(l),
+        )?;
+        let mut rejected = enc.encode_descriptor(
+            "hastack_vrrp_adverts_rejected",
+            "Datagrams dropped, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in RejectReason::ALL {
+            ConstCounter::new(s.rejected(r))
+                .encode(rejected.encode_family(&[("reason", r.as_str())])?)?;
+        }
+        let mut transitions = enc.encode_descriptor(
+            "hastack_vrrp_transitions",
+            "State changes, by the state entered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for st in STATES {
+            ConstCounter::new(s.transitions(st))
+                .encode(transitions.encode_family(&[("state", st.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -304,8 +304,15 @@ mod tests {
         s.reject(RejectReason::Ttl);
         s.reject(RejectReason::Ttl);
         s.reject(RejectReason::Auth);
-        let mut out = String::new();
-        s.render(&mut out);
+        let s = std::sync::Arc::new(s);
+        let render = || {
+            let mut r = prometheus_client::registry::Registry::default();
+            r.register_collector(Box::new(StatsCollector(s.clone())));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
+            out
+        };
+        let out = render();
         assert!(
             out.contains("hastack_vrrp_adverts_rejected_total{reason=\"ttl\"} 2\n"),
             "{out}"
@@ -315,8 +322,7 @@ mod tests {
         assert_eq!(s.rejected_total(), 3);
         s.transition(State::Master);
         s.transition(State::Fault);
-        let mut out = String::new();
-        s.render(&mut out);
+        let out = render();
         assert!(out.contains("hastack_vrrp_state 3\n"), "{out}");
         assert!(out.contains("hastack_vrrp_transitions_total{state=\"master\"} 1\n"));
         assert!(out.contains("hastack_vrrp_became_master_total 1\n"));

@@ -31,7 +31,9 @@ use tracing::info;
 
 use hastack_config::{Role, TlsMode, Topology};
 use hastack_proxy::{Chain, HealthCheck, Layer, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
+use hastack_runtime::metrics::TrafficCounter;
 use hastack_runtime::{Admin, BindError, bind_tcp, steady_probe};
+use hastack_status::health::{Health, WebHealth};
 use hastack_tls::NodeTls;
 
 pub use files::{SiteOptions, StaticSite};
@@ -59,6 +61,7 @@ pub enum WebError {
 struct Web {
     chain: Chain,
     health_json: String,
+    traffic: Arc<TrafficCounter>,
 }
 
 impl Web {
@@ -79,7 +82,9 @@ impl Web {
             self.chain.proxy().stamp(&mut resp);
             return resp;
         }
-        self.chain.handle(req, peer, edge).await
+        let resp = self.chain.handle(req, peer, edge).await;
+        self.traffic.count(resp.status().as_u16());
+        resp
     }
 }
 
@@ -192,20 +197,22 @@ pub async fn run(
     // `/healthz` on the service port is what the lb checks: fixed, cheap, no upstreams.
     let health_json =
         serde_json::json!({ "node": name, "role": "web", "static_files": files }).to_string();
+    let traffic = Arc::new(TrafficCounter::default());
     let probe = {
         let pool = pool.clone();
+        let traffic = traffic.clone();
         let name = name.to_string();
         steady_probe(move || {
-            serde_json::json!({
-                "node": name,
-                "role": "web",
-                "static_files": files,
-                "upstreams": pool.health_json(),
+            Health::Web(WebHealth {
+                node: name.clone(),
+                static_files: files,
+                upstreams: pool.upstreams(),
+                traffic: traffic.get(),
             })
         })
     };
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
-    let mut admin = Admin::new(probe, registry, None);
+    let mut admin = Admin::new(probe, registry);
     if let Some(cache) = cache {
         // POST /cache/purge?prefix=/api/ drops the answers under a path ("/" or none: all).
         admin = admin.with_action(
@@ -228,6 +235,7 @@ pub async fn run(
     let web = Arc::new(Web {
         chain: Chain::new(proxy, layers),
         health_json,
+        traffic,
     });
     info!(node = name, addr = %service_addr, files, tls = internal.is_some(), "web ready");
     let edge_task = edge.map(|(listener, acceptor)| {

@@ -53,6 +53,22 @@ fn subnet() -> (u8, u8) {
     (first, (n + 1) as u8)
 }
 
+/// Two dns nodes, for a test to append to the topology (`Stack::up_edited`); they are
+/// at host 51 and 52 of the stack's /24.
+pub fn dns_nodes(text: &str) -> String {
+    let prefix = text
+        .lines()
+        .find_map(|l| l.strip_prefix("address = \"127."))
+        .and_then(|rest| {
+            let mut parts = rest.split('.');
+            Some(format!("127.{}.{}", parts.next()?, parts.next()?))
+        })
+        .expect("a loopback address in the topology");
+    format!(
+        "{text}\n[[node]]\nname = \"dns1\"\nrole = \"dns\"\naddress = \"{prefix}.51\"\n\n[[node]]\nname = \"dns2\"\nrole = \"dns\"\naddress = \"{prefix}.52\"\n"
+    )
+}
+
 /// An HTTP response.
 #[derive(Debug)]
 pub struct Resp {
@@ -186,6 +202,8 @@ pub struct Stack {
     pub web_port: u16,
     pub web_https_port: u16,
     pub app_port: u16,
+    /// DNS on the dns nodes (none unless a test adds them with [`dns_nodes`]).
+    pub dns_port: u16,
     pub child: Option<Child>,
     pub output: Arc<Mutex<String>>,
     /// Isolated mode: nodes in 10.a.b.0/24, each in a network namespace.
@@ -281,7 +299,8 @@ impl Stack {
             vrrp,
             https_port,
             web_https,
-        ] = free_ports::<8>();
+            dns,
+        ] = free_ports::<9>();
         let a = |h: u8| format!("127.{}.{}.{h}", net.0, net.1);
         let mariadbd = if opts.sqlite {
             "/nonexistent/mariadbd"
@@ -306,6 +325,10 @@ web_https = {web_https}
 app = {app}
 db = {db}
 vrrp = {vrrp}
+dns = {dns}
+
+[dashboard]
+address = "127.0.0.1:0"
 
 [vrrp]
 vrid = 51
@@ -391,6 +414,7 @@ address = "{db3}"
             web_port: web,
             web_https_port: web_https,
             app_port: app,
+            dns_port: dns,
             child: None,
             output: Arc::new(Mutex::new(String::new())),
             isolated: false,
@@ -612,6 +636,8 @@ pub fn host_of(node: &str) -> u8 {
         "db1" => 41,
         "db2" => 42,
         "db3" => 43,
+        "dns1" => 51,
+        "dns2" => 52,
         other => panic!("unknown node {other}"),
     }
 }

@@ -1,5 +1,5 @@
-//! One-shot HTTP requests with a deadline: the supervisor's readiness and status probes,
-//! and the drills' traffic through the VIP.
+//! One-shot HTTP/1.1 requests with a deadline: the status probes of `/healthz`, the
+//! supervisor's readiness checks, and the drills' traffic through the VIP.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,13 +9,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 /// An answer: status and body.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) body: String,
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
 }
 
 /// Sends one request (`Connection: close`) to `addr`; the answer, or why not.
-pub(crate) async fn request(
+pub async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -61,11 +63,7 @@ pub(crate) async fn request(
 }
 
 /// GETs `path` from `addr`; returns the status and body, or why not.
-pub(crate) async fn get(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> Result<(u16, String), String> {
+pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     request(addr, "GET", path, &[], "", timeout)
         .await
         .map(|a| (a.status, a.body))
