@@ -566,13 +566,16 @@ fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
             let source = t.source.display();
+            let tiers: Vec<String> = hastack_config::Role::ALL
+                .iter()
+                .map(|r| (r, t.tier(*r).count()))
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
             println!(
-                "{source}: ok — {} nodes ({} lb, {} web, {} app, {} db), site {} on {}",
+                "{source}: ok — {} nodes ({}), site {} on {}",
                 t.nodes.len(),
-                t.tier(hastack_config::Role::Lb).count(),
-                t.tier(hastack_config::Role::Web).count(),
-                t.tier(hastack_config::Role::App).count(),
-                t.tier(hastack_config::Role::Db).count(),
+                tiers.join(", "),
                 t.site,
                 t.site_url()
             );

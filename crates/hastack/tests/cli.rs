@@ -26,7 +26,7 @@ fn the_printed_default_topology_checks_clean() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(
-        text.contains("9 nodes (2 lb, 2 web, 2 app, 3 db)"),
+        text.contains("11 nodes (2 dns, 2 lb, 2 web, 2 app, 3 db)"),
         "{text}"
     );
 }
