@@ -10,8 +10,7 @@
 use std::fmt::Debug;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -37,40 +36,6 @@ impl<'a, 'b> Gather<'a, 'b> {
             .encoder
             .encode_descriptor(name, help, None, c.metric_type())?;
         c.encode(m)
-    }
-
-    /// A counter family, one value per label set.
-    pub fn counters<L: EncodeLabelSet>(
-        &mut self,
-        name: &str,
-        help: &str,
-        values: &[(L, u64)],
-    ) -> std::fmt::Result {
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, v) in values {
-            let m = family.encode_family(labels)?;
-            ConstCounter::new(*v).encode(m)?;
-        }
-        Ok(())
-    }
-
-    /// A gauge family, one value per label set.
-    pub fn gauges<L: EncodeLabelSet>(
-        &mut self,
-        name: &str,
-        help: &str,
-        values: &[(L, f64)],
-    ) -> std::fmt::Result {
-        let mut family = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, v) in values {
-            let m = family.encode_family(labels)?;
-            ConstGauge::new(*v).encode(m)?;
-        }
-        Ok(())
     }
 }
 
@@ -298,21 +263,14 @@ mod tests {
         r.register_collector(Box::new(ProcessCollector));
         r.register_collector(Box::new(FnCollector(|g: &mut Gather<'_, '_>| {
             g.gauge("hastack_test_up", "Up.", 1.0)?;
-            g.counters(
-                "hastack_test_things",
-                "Things.",
-                &[(vec![("kind".to_string(), "a".to_string())], 3)],
-            )
+            g.counter("hastack_test_things", "Things.", 3)
         })));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("encode");
         assert!(out.contains("# TYPE process_cpu_seconds counter\nprocess_cpu_seconds_total "));
         assert!(out.contains("# TYPE process_resident_memory_bytes gauge\n"));
         assert!(out.contains("hastack_test_up 1.0\n"), "{out}");
-        assert!(
-            out.contains("hastack_test_things_total{kind=\"a\"} 3\n"),
-            "{out}"
-        );
+        assert!(out.contains("hastack_test_things_total 3\n"), "{out}");
         assert!(out.ends_with("# EOF\n"));
     }
 }

@@ -10,14 +10,16 @@
 //! - `events`: `text/event-stream`, one `data:` line of [`View`] JSON per picture;
 //! - `view.json`: the latest [`View`].
 //!
-//! One task per dashboard takes a picture every [`EVERY`], feeds it to a
+//! One task per dashboard takes a picture every [`EVERY`] while someone watches (an
+//! open event stream, or a `view.json` request in the last [`LINGER`]), feeds it to a
 //! [`Tracker`] and publishes the view on a `watch` channel; each event stream is a
 //! receiver of it, so a slow browser only ever misses intermediate pictures, it never
-//! makes the publisher wait or buffer.
+//! makes the publisher wait or buffer. Nobody watching, no picture is taken.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,9 +27,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::{Response, StatusCode, header};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
-use crate::stack::{StackStatus, Tracker, View};
+use crate::stack::{StackStatus, Tracker};
 
 /// How often the dashboard takes a picture of the stack.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -39,31 +42,81 @@ const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
 
+/// How long a `view.json` request keeps pictures coming with no event stream open.
+pub const LINGER: Duration = Duration::from_secs(10);
+
 /// The views published so far (`None` before the first picture), as JSON.
 type Published = watch::Receiver<Option<Arc<str>>>;
+
+/// Who wants pictures: the open event streams, and the last `view.json` request. With
+/// neither, the publisher takes none (an lb does not poll the whole stack every second
+/// for nobody).
+#[derive(Debug, Default)]
+struct Demand {
+    streams: AtomicUsize,
+    asked: Mutex<Option<Instant>>,
+    wake: Notify,
+}
+
+impl Demand {
+    fn wanted(&self, now: Instant) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0
+            || self
+                .asked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| now.saturating_duration_since(t) < LINGER)
+    }
+
+    fn ask(&self) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.wake.notify_one();
+    }
+}
+
+/// One open event stream, counted in its dashboard's [`Demand`] while it lives.
+struct Watching(Arc<Demand>);
+
+impl Watching {
+    fn new(demand: Arc<Demand>) -> Watching {
+        demand.streams.fetch_add(1, Ordering::Relaxed);
+        demand.wake.notify_one();
+        Watching(demand)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A dashboard: its published views and the paths that serve them.
 #[derive(Clone)]
 pub struct Dashboard {
     views: Published,
+    demand: Arc<Demand>,
 }
 
 impl Dashboard {
-    /// Takes a picture with `take` every [`EVERY`] until `shutdown`, and serves it.
+    /// Takes a picture with `take` every [`EVERY`] while someone watches (an event
+    /// stream is open, or `view.json` was asked within [`LINGER`]), until `shutdown`.
     pub fn spawn<F, Fut>(mut take: F, mut shutdown: watch::Receiver<bool>) -> Dashboard
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = StackStatus> + Send,
     {
         let (tx, views) = watch::channel(None);
+        let demand = Arc::new(Demand::default());
+        let wanted = demand.clone();
         tokio::spawn(async move {
             let mut tracker = Tracker::new();
-            let mut tick = tokio::time::interval(EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tick.tick() => {}
+                while !wanted.wanted(Instant::now()) {
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = wanted.wake.notified() => {}
+                    }
                 }
                 let view = tracker.observe(take().await);
                 match serde_json::to_string(&view) {
@@ -72,20 +125,21 @@ impl Dashboard {
                     }
                     Err(e) => tracing::warn!("dashboard view not encoded: {e}"),
                 }
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(EVERY) => {}
+                }
             }
         });
-        Dashboard { views }
+        Dashboard { views, demand }
     }
 
     /// A dashboard over views published elsewhere (tests).
     pub fn over(views: watch::Receiver<Option<Arc<str>>>) -> Dashboard {
-        Dashboard { views }
-    }
-
-    /// The latest view, if one was taken.
-    pub fn latest(&self) -> Option<View> {
-        let json = self.views.borrow().clone()?;
-        serde_json::from_str(&json).ok()
+        Dashboard {
+            views,
+            demand: Arc::default(),
+        }
     }
 
     /// Answers `path` (relative to the mount point), or `None` when it is not the
@@ -95,46 +149,62 @@ impl Dashboard {
             "" | "index.html" => asset("text/html; charset=utf-8", INDEX),
             "dashboard.js" => asset("text/javascript; charset=utf-8", SCRIPT),
             "dashboard.css" => asset("text/css; charset=utf-8", STYLE),
-            "view.json" => match self.views.borrow().clone() {
-                Some(json) => respond(
-                    StatusCode::OK,
-                    "application/json",
-                    Full::new(Bytes::from(json.as_bytes().to_vec())).boxed_unsync(),
-                ),
-                None => respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "application/json",
-                    Full::new(Bytes::from_static(b"{\"error\":\"no picture yet\"}")).boxed_unsync(),
-                ),
-            },
+            "view.json" => {
+                self.demand.ask();
+                match self.views.borrow().clone() {
+                    Some(json) => respond(
+                        StatusCode::OK,
+                        "application/json",
+                        Full::new(Bytes::from(json.as_bytes().to_vec())).boxed_unsync(),
+                    ),
+                    None => respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "application/json",
+                        Full::new(Bytes::from_static(b"{\"error\":\"no picture yet\"}"))
+                            .boxed_unsync(),
+                    ),
+                }
+            }
             "events" => respond(
                 StatusCode::OK,
                 "text/event-stream",
-                StreamBody::new(events(self.views.clone())).boxed_unsync(),
+                StreamBody::new(events(
+                    self.views.clone(),
+                    Watching::new(self.demand.clone()),
+                ))
+                .boxed_unsync(),
             ),
             _ => return None,
         })
     }
 }
 
-/// The event stream of `views`: the current view at once, then each new one.
+/// The event stream of `views`: the current view at once, then each new one; the
+/// publisher takes pictures while `watching` lives (as long as the stream).
 fn events(
     views: Published,
+    watching: Watching,
 ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
-    futures_util::stream::unfold((views, true), |(mut views, first)| async move {
-        if !first && views.changed().await.is_err() {
-            return None;
-        }
-        let json = loop {
-            if let Some(json) = views.borrow_and_update().clone() {
-                break json;
-            }
-            if views.changed().await.is_err() {
+    futures_util::stream::unfold(
+        (views, true, watching),
+        |(mut views, first, watching)| async move {
+            if !first && views.changed().await.is_err() {
                 return None;
             }
-        };
-        Some((Ok(Frame::data(sse_message(&json))), (views, false)))
-    })
+            let json = loop {
+                if let Some(json) = views.borrow_and_update().clone() {
+                    break json;
+                }
+                if views.changed().await.is_err() {
+                    return None;
+                }
+            };
+            Some((
+                Ok(Frame::data(sse_message(&json))),
+                (views, false, watching),
+            ))
+        },
+    )
 }
 
 /// One server-sent event carrying `json` (one line: JSON has no raw newlines).
@@ -210,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn the_stream_sends_the_current_view_then_each_new_one() {
         let (tx, rx) = watch::channel(Some(Arc::<str>::from("{\"n\":1}")));
-        let mut s = Box::pin(events(rx));
+        let mut s = Box::pin(events(rx, Watching::new(Arc::default())));
         let first = s
             .next()
             .await
@@ -229,6 +299,71 @@ mod tests {
             s.next().await.is_none(),
             "the stream ends with its publisher"
         );
+    }
+
+    fn picture(at_unix_ms: i64) -> StackStatus {
+        StackStatus {
+            site: "www.foobar.com".into(),
+            url: String::new(),
+            https_url: None,
+            ca: None,
+            vip: String::new(),
+            mode: "loopback".into(),
+            client_netns: None,
+            state_dir: String::new(),
+            db_engine: String::new(),
+            at_unix_ms,
+            dashboard: None,
+            nodes: vec![],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pictures_are_taken_only_while_someone_watches() {
+        use http_body_util::BodyExt;
+        let taken = Arc::new(AtomicUsize::new(0));
+        let (_stop, shutdown) = watch::channel(false);
+        let d = {
+            let taken = taken.clone();
+            Dashboard::spawn(
+                move || {
+                    let n = taken.fetch_add(1, Ordering::Relaxed);
+                    async move { picture(n as i64) }
+                },
+                shutdown,
+            )
+        };
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(taken.load(Ordering::Relaxed), 0, "nobody watched");
+
+        let mut body = d.handle("events").expect("events").into_body();
+        let first = body
+            .frame()
+            .await
+            .and_then(|f| f.ok())
+            .and_then(|f| f.into_data().ok());
+        assert!(first.is_some_and(|b| b.starts_with(b"data: {")));
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let while_watched = taken.load(Ordering::Relaxed);
+        assert!(
+            while_watched >= 3,
+            "one picture a second while watched: {while_watched}"
+        );
+
+        drop(body);
+        tokio::time::sleep(EVERY * 2).await;
+        let after = taken.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(taken.load(Ordering::Relaxed), after, "the stream closed");
+
+        // A view.json request keeps pictures coming for LINGER, then they stop.
+        assert!(d.handle("view.json").is_some());
+        tokio::time::sleep(EVERY * 3).await;
+        assert!(taken.load(Ordering::Relaxed) > after);
+        tokio::time::sleep(LINGER * 2).await;
+        let lingered = taken.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(taken.load(Ordering::Relaxed), lingered);
     }
 
     #[test]

@@ -56,17 +56,21 @@ fn subnet() -> (u8, u8) {
 /// Two dns nodes, for a test to append to the topology (`Stack::up_edited`); they are
 /// at host 51 and 52 of the stack's /24.
 pub fn dns_nodes(text: &str) -> String {
-    let prefix = text
-        .lines()
+    let (a, b) = loopback_net(text);
+    format!(
+        "{text}\n[[node]]\nname = \"dns1\"\nrole = \"dns\"\naddress = \"127.{a}.{b}.51\"\n\n[[node]]\nname = \"dns2\"\nrole = \"dns\"\naddress = \"127.{a}.{b}.52\"\n"
+    )
+}
+
+/// The `a.b` of the stack's 127.a.b.0/24, from the first node address in `text`.
+fn loopback_net(text: &str) -> (String, String) {
+    text.lines()
         .find_map(|l| l.strip_prefix("address = \"127."))
         .and_then(|rest| {
-            let mut parts = rest.split('.');
-            Some(format!("127.{}.{}", parts.next()?, parts.next()?))
+            let mut it = rest.split('.');
+            Some((it.next()?.to_string(), it.next()?.to_string()))
         })
-        .expect("a loopback address in the topology");
-    format!(
-        "{text}\n[[node]]\nname = \"dns1\"\nrole = \"dns\"\naddress = \"{prefix}.51\"\n\n[[node]]\nname = \"dns2\"\nrole = \"dns\"\naddress = \"{prefix}.52\"\n"
-    )
+        .expect("a loopback address in the topology")
 }
 
 /// An HTTP response.
@@ -221,14 +225,7 @@ impl Stack {
         require_isolated();
         require_mariadb();
         Stack::up_edited(Options { sqlite: false }, |text| {
-            let (a, b) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("address = \"127."))
-                .and_then(|rest| {
-                    let mut it = rest.split('.');
-                    Some((it.next()?.to_string(), it.next()?.to_string()))
-                })
-                .expect("a loopback address in the topology");
+            let (a, b) = loopback_net(&text);
             let text = text
                 .replace(
                     "mode = \"loopback\"",
