@@ -1,0 +1,474 @@
+//! One task per node: it owns the node's child process, its readiness probe and its
+//! stop escalation, and publishes where the node is on a `watch` channel.
+//!
+//! Nobody else touches the child: the supervisor sends [`Command`]s through the
+//! node's [`NodeHandle`] and reads its [`View`] from the channel, so there is no
+//! shared process table to lock, search by name or poll. The rules of what may
+//! happen when are the pure [`Lifecycle`]; this task only carries them out.
+//!
+//! The task runs on the supervisor's current-thread runtime, so every child is forked
+//! from the main thread (`PR_SET_PDEATHSIG` fires when the forking *thread* exits).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command as Process};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use hastack_config::{Node, Role};
+
+use super::lifecycle::{Lifecycle, State, Stop, View};
+use crate::deadlines;
+use crate::http_get;
+use crate::logs;
+
+/// Everything needed to spawn `hastack node NAME`.
+#[derive(Debug, Clone)]
+pub(super) struct Launch {
+    pub(super) exe: PathBuf,
+    pub(super) config_path: PathBuf,
+    pub(super) state_dir: PathBuf,
+    /// For an app node of a stack without MariaDB: the SQLite file.
+    pub(super) sqlite: Option<PathBuf>,
+    /// Isolated mode: the node's network namespace.
+    pub(super) netns: Option<PathBuf>,
+    /// Where `/healthz` is answered.
+    pub(super) admin: SocketAddr,
+}
+
+impl Launch {
+    pub(super) fn log_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{name}.log"))
+    }
+}
+
+/// What the supervisor asks of a node's task.
+enum Command {
+    /// Spawn the node and answer once it is ready (how long that took) or failed.
+    Start(oneshot::Sender<Result<Duration, String>>),
+    /// Stop it and answer once its process has exited.
+    Stop(Stop, oneshot::Sender<Result<String, String>>),
+}
+
+/// The supervisor's side of one node.
+#[derive(Clone)]
+pub(super) struct NodeHandle {
+    pub(super) node: Node,
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<View>,
+}
+
+impl NodeHandle {
+    /// Starts the node's task (no process yet).
+    pub(super) fn spawn(node: Node, launch: Launch) -> NodeHandle {
+        let (commands, rx) = mpsc::channel(16);
+        let (publish, view) = watch::channel(Lifecycle::default().view().clone());
+        let task = Task {
+            node: node.clone(),
+            launch: Arc::new(launch),
+            lifecycle: Lifecycle::default(),
+            publish,
+            child: None,
+            pumps: Vec::new(),
+            starting: None,
+            probe: None,
+            stopping: None,
+        };
+        tokio::spawn(task.run(rx));
+        NodeHandle {
+            node,
+            commands,
+            view,
+        }
+    }
+
+    /// Where the node is now.
+    pub(super) fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Spawns the node and waits until it answers `/healthz` (or fails).
+    pub(super) async fn start(&self) -> Result<Duration, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Start(tx)).await?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Stops the node and waits until its process has exited.
+    pub(super) async fn stop(&self, how: Stop) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stop(how, tx)).await?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), String> {
+        self.commands.send(cmd).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> String {
+        format!("{}'s supervisor task has ended", self.node.name)
+    }
+}
+
+/// A start in progress: who waits, since when, until when.
+struct Starting {
+    since: Instant,
+    deadline: Instant,
+    waiters: Vec<oneshot::Sender<Result<Duration, String>>>,
+    last: String,
+}
+
+/// A stop in progress.
+struct Stopping {
+    pid: Pid,
+    /// When to send SIGKILL (graceful stops), then when to give up.
+    next: tokio::time::Instant,
+    escalated: bool,
+    waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    verb: &'static str,
+}
+
+type Probe = Pin<Box<dyn Future<Output = Result<(u16, String), String>> + Send>>;
+
+struct Task {
+    node: Node,
+    launch: Arc<Launch>,
+    lifecycle: Lifecycle,
+    publish: watch::Sender<View>,
+    child: Option<Child>,
+    pumps: Vec<JoinHandle<()>>,
+    starting: Option<Starting>,
+    probe: Option<Probe>,
+    stopping: Option<Stopping>,
+}
+
+/// After this many probes fail fast, the probe slows down (a node past its deadline is
+/// still watched, so that it shows running if it ever answers).
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+const PROBE_SLOW: Duration = Duration::from_secs(1);
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Start(reply)) => self.start(reply),
+                    Some(Command::Stop(how, reply)) => self.stop(how, reply),
+                    // The supervisor is gone; its process ending takes the child
+                    // (PR_SET_PDEATHSIG).
+                    None => return,
+                },
+                status = wait(&mut self.child) => self.exited(status).await,
+                probe = poll(&mut self.probe) => self.probed(probe),
+                () = escalation(&self.stopping) => self.escalate(),
+            }
+        }
+    }
+
+    fn publish(&self) {
+        self.publish.send_replace(self.lifecycle.view().clone());
+    }
+
+    fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    fn start(&mut self, reply: oneshot::Sender<Result<Duration, String>>) {
+        if let Some(s) = &mut self.starting {
+            // Already starting: wait with the others.
+            s.waiters.push(reply);
+            return;
+        }
+        if let Err(why) = self.lifecycle.may_start() {
+            let _ = reply.send(Err(format!("{} {why}", self.name())));
+            return;
+        }
+        match self.spawn() {
+            Ok(()) => {
+                let now = Instant::now();
+                self.starting = Some(Starting {
+                    since: now,
+                    deadline: now + deadlines::ready(self.node.role),
+                    waiters: vec![reply],
+                    last: "no answer yet".into(),
+                });
+                self.probe = Some(probe(self.launch.admin, Duration::ZERO));
+                self.publish();
+            }
+            Err(e) => {
+                let _ = reply.send(Err(format!("{} failed to start: {e}", self.name())));
+            }
+        }
+    }
+
+    /// Spawns `hastack node NAME`, its output pumped into its rotating log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let name = self.node.name.clone();
+        let launch = &self.launch;
+        let log_path = launch.log_path(&name);
+        let mut log = logs::RotatingLog::open(&log_path, logs::MAX_BYTES, logs::KEEP)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let _ = log.write_line(
+            format!(
+                "=== hastack node {name}: started by the supervisor (pid {}) ===\n",
+                std::process::id()
+            )
+            .as_bytes(),
+        );
+        let log = Arc::new(std::sync::Mutex::new(log));
+        let mut cmd = Process::new(&launch.exe);
+        cmd.arg("node")
+            .arg(&name)
+            .arg("--config")
+            .arg(&launch.config_path)
+            .arg("--state-dir")
+            .arg(&launch.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Ctrl-C reaches the supervisor only, which stops the tiers in order.
+            .process_group(0);
+        if let (Some(db), Role::App) = (&launch.sqlite, self.node.role) {
+            cmd.arg("--sqlite").arg(db);
+        }
+        if let Some(path) = &launch.netns {
+            cmd.arg("--isolated");
+            let ns = std::fs::File::open(path)
+                .map_err(|e| format!("network namespace {}: {e}", path.display()))?;
+            hastack_runtime::child::enter_netns(&mut cmd, ns);
+        }
+        hastack_runtime::child::die_with_parent(&mut cmd, Signal::SIGTERM);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning {}: {e}", launch.exe.display()))?;
+        // `id` is `None` only once the child has been waited for, which it has not.
+        let pid = child.id().unwrap_or(0);
+        if let Err(why) = self.lifecycle.spawned(pid) {
+            let _ = child.start_kill();
+            return Err(format!("{name} {why}"));
+        }
+        self.pumps = [
+            child
+                .stdout
+                .take()
+                .map(|o| tokio::spawn(logs::pump(o, log.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|e| tokio::spawn(logs::pump(e, log.clone()))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn probed(&mut self, answer: Result<(u16, String), String>) {
+        self.probe = None;
+        let Some(starting) = &mut self.starting else {
+            return;
+        };
+        match answer {
+            Ok((200, _)) => {
+                let took = starting.since.elapsed();
+                if let Some(s) = self.starting.take() {
+                    for w in s.waiters {
+                        let _ = w.send(Ok(took));
+                    }
+                }
+                if self.lifecycle.ready() {
+                    self.publish();
+                }
+                return;
+            }
+            Ok((code, body)) => starting.last = format!("/healthz answered {code}: {body}"),
+            Err(e) => starting.last = e,
+        }
+        let mut every = PROBE_EVERY;
+        if Instant::now() > starting.deadline {
+            every = PROBE_SLOW;
+            if !starting.waiters.is_empty() {
+                let why = format!(
+                    "{} failed to start: not ready within {:?} (last: {}; log: {})",
+                    self.node.name,
+                    deadlines::ready(self.node.role),
+                    starting.last,
+                    last_error_line(&self.launch.log_path(&self.node.name))
+                );
+                for w in starting.waiters.drain(..) {
+                    let _ = w.send(Err(why.clone()));
+                }
+            }
+        }
+        self.probe = Some(probe(self.launch.admin, every));
+    }
+
+    fn stop(&mut self, how: Stop, reply: oneshot::Sender<Result<String, String>>) {
+        let verb = match how {
+            Stop::Kill => "killed",
+            Stop::Graceful => "stopped",
+        };
+        let pid = match self.lifecycle.stop(how) {
+            Ok(pid) => Pid::from_raw(pid),
+            Err(why) => {
+                let _ = reply.send(Err(format!("{} {why}", self.name())));
+                return;
+            }
+        };
+        let sig = match how {
+            Stop::Kill => Signal::SIGKILL,
+            Stop::Graceful => Signal::SIGTERM,
+        };
+        let _ = kill(pid, sig);
+        self.publish();
+        // Whoever waited for it to start learns it will not.
+        if let Some(s) = self.starting.take() {
+            for w in s.waiters {
+                let _ = w.send(Err(format!("{} is {}", self.node.name, verb)));
+            }
+        }
+        self.probe = None;
+        let grace = deadlines::supervisor_stop(self.node.role);
+        match &mut self.stopping {
+            Some(s) => {
+                s.waiters.push(reply);
+                if how == Stop::Kill {
+                    s.verb = verb;
+                    s.escalated = true;
+                    s.next = tokio::time::Instant::now() + Duration::from_secs(10);
+                }
+            }
+            None => {
+                self.stopping = Some(Stopping {
+                    pid,
+                    next: tokio::time::Instant::now()
+                        + match how {
+                            Stop::Kill => Duration::from_secs(10),
+                            Stop::Graceful => grace,
+                        },
+                    escalated: how == Stop::Kill,
+                    waiters: vec![reply],
+                    verb,
+                })
+            }
+        }
+    }
+
+    /// The stop deadline passed: SIGKILL, and after 10 s more give up waiting.
+    fn escalate(&mut self) {
+        let Some(s) = &mut self.stopping else {
+            return;
+        };
+        if !s.escalated {
+            println!(
+                "hastack: {} did not stop within {:?}; killing it",
+                self.node.name,
+                deadlines::supervisor_stop(self.node.role)
+            );
+            let _ = kill(s.pid, Signal::SIGKILL);
+            s.escalated = true;
+            s.next = tokio::time::Instant::now() + Duration::from_secs(10);
+            return;
+        }
+        let why = format!("{} (pid {}) would not exit", self.node.name, s.pid);
+        for w in s.waiters.drain(..) {
+            let _ = w.send(Err(why.clone()));
+        }
+        // Keep watching the process; nobody waits any more.
+        s.next = tokio::time::Instant::now() + Duration::from_secs(3600);
+    }
+
+    async fn exited(&mut self, status: std::io::Result<std::process::ExitStatus>) {
+        self.child = None;
+        // Its last words are in the log before anyone reads it (a process it left
+        // behind may hold the pipe open: not for long).
+        let pumps = std::mem::take(&mut self.pumps);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            for pump in pumps {
+                let _ = pump.await;
+            }
+        })
+        .await;
+        let why = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let unexpected = self.lifecycle.exited(why);
+        self.publish();
+        self.probe = None;
+        let log = self.launch.log_path(&self.node.name);
+        if let Some(why) = unexpected {
+            let last = last_error_line(&log);
+            println!("hastack: {} exited ({why}): {last}", self.node.name);
+            if let Some(s) = self.starting.take() {
+                for w in s.waiters {
+                    let _ = w.send(Err(format!(
+                        "{} failed to start: exited ({why}): {last}",
+                        self.node.name
+                    )));
+                }
+            }
+        }
+        if let Some(s) = self.stopping.take() {
+            let msg = format!("{} {}", self.node.name, s.verb);
+            for w in s.waiters {
+                let _ = w.send(Ok(msg.clone()));
+            }
+        }
+        debug_assert!(!matches!(self.lifecycle.view().state, State::Starting));
+    }
+}
+
+/// The child's exit; never, when there is no child.
+async fn wait(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The probe's answer; never, when no probe runs.
+async fn poll(probe: &mut Option<Probe>) -> Result<(u16, String), String> {
+    match probe {
+        Some(p) => p.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The stop's next deadline; never, when no stop is in progress.
+async fn escalation(stopping: &Option<Stopping>) {
+    match stopping {
+        Some(s) => tokio::time::sleep_until(s.next).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One `/healthz` request after `after`.
+fn probe(admin: SocketAddr, after: Duration) -> Probe {
+    Box::pin(async move {
+        tokio::time::sleep(after).await;
+        http_get::get(admin, "/healthz", Duration::from_millis(1000)).await
+    })
+}
+
+/// The last line of a node's log that says something went wrong (or the last line).
+pub(super) fn last_error_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("error") || l.contains("ERROR"))
+        .or(lines.last())
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| format!("(nothing in {})", log.display()))
+}
