@@ -902,8 +902,10 @@ impl Agent {
                 Ok(Ok(_)) => {}
                 _ => continue,
             }
-            let last_grant = lock(&self.shared).last_grant_applied;
+            // The record first, then the time of the last grant: a renewal counted in
+            // the record was applied (and timed) before it was published.
             let state = self.cluster.borrow().clone();
+            let last_grant = lock(&self.shared).last_grant_applied;
             if !self.settings.timing.expired(last_grant, Instant::now())
                 || state.primary.as_deref() != Some(old.as_str())
             {
@@ -1029,6 +1031,7 @@ impl Agent {
             &self.raft,
             Command::Promote {
                 expected_epoch: state.epoch,
+                expected_renewals: Some(state.renewals),
                 record,
             },
             Duration::from_secs(2),
@@ -1036,7 +1039,13 @@ impl Agent {
         .await
         {
             Ok(Outcome::Granted) => Ok(chosen.name),
-            Ok(Outcome::Refused(why)) => Err(why),
+            Ok(Outcome::Refused(why)) => {
+                // Nobody was promoted: the replicas go on receiving from the primary.
+                for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
+                    let _ = exec(pool, "START SLAVE IO_THREAD").await;
+                }
+                Err(why)
+            }
             Err(e) => Err(e.to_string()),
         }
     }

@@ -11,7 +11,7 @@
 //!   compare-and-set on the epoch, so two arbiters can never promote twice.
 //! - **The primary holds a lease.** It renews it through the log every
 //!   `lease / 4`; a renewal counts from the moment it was *sent*, and holds for
-//!   `lease − margin`. A primary whose lease has run out stops writing
+//!   `lease − margin`. The record counts the renewals it granted. A primary whose lease has run out stops writing
 //!   (`read_only = 1`) — fencing — whether or not it can reach anyone.
 //! - **A primary is dead when its lease has surely expired.** Renewals need a majority
 //!   of db nodes, so a lease lapses only when a majority cannot reach the primary (or
@@ -19,6 +19,12 @@
 //!   not make it lapse. The arbiter (the Raft leader) counts from the moment *it*
 //!   applied the last renewal, which is after it was sent, and waits `lease + margin`:
 //!   by then the old primary has stopped writing for at least `2 × margin`.
+//! - **A renewal after the decision voids it.** Between the arbiter seeing the lease
+//!   expire and its promotion reaching the log (fencing, reading the replicas: up to
+//!   seconds), a slow primary's renewal may still be granted: it then holds a fresh
+//!   lease and writes. The promotion names the renewal count it decided on and is
+//!   refused if the count moved (found by `hastack drill all`: two primaries' histories
+//!   diverged when a promotion overtook a renewal).
 //! - **The replica that received the most is promoted,** and becomes writable only after
 //!   it has applied everything it received (`MASTER_GTID_WAIT`), holds the lease, and —
 //!   with `semi-sync-or-refuse` — a replica acknowledges its commits.
@@ -40,6 +46,19 @@ pub struct ClusterState {
     pub primary: Option<String>,
     /// The last failover.
     pub last_failover: Option<FailoverRecord>,
+    /// Renewals granted so far (all epochs): what a promotion is decided against.
+    #[serde(default)]
+    pub renewals: u64,
+}
+
+impl ClusterState {
+    /// Whether `other` names the same primary and failover: the renewal count aside,
+    /// which moves every `lease / 4` and changes nobody's role.
+    pub fn same_record(&self, other: &ClusterState) -> bool {
+        self.epoch == other.epoch
+            && self.primary == other.primary
+            && self.last_failover == other.last_failover
+    }
 }
 
 /// What a failover did, for `status` and the dashboard.
@@ -76,10 +95,15 @@ pub enum Command {
         /// The epoch it believes it is primary of.
         epoch: u64,
     },
-    /// Makes `to` primary in place of `from`, if the record is still at `expected_epoch`.
+    /// Makes `to` primary in place of `from`, if the record is still at `expected_epoch`
+    /// and no renewal was granted since the arbiter decided.
     Promote {
         /// The epoch the arbiter decided on.
         expected_epoch: u64,
+        /// The renewal count it decided on (`None` in log entries written before the
+        /// count existed: not checked, so that they replay as they were applied).
+        #[serde(default)]
+        expected_renewals: Option<u64>,
         /// What happened.
         record: FailoverRecord,
     },
@@ -113,6 +137,7 @@ impl ClusterState {
             }
             Command::Renew { node, epoch } => {
                 if *epoch == self.epoch && self.primary.as_deref() == Some(node) {
+                    self.renewals += 1;
                     Outcome::Granted
                 } else {
                     Outcome::Refused(format!(
@@ -124,8 +149,18 @@ impl ClusterState {
             }
             Command::Promote {
                 expected_epoch,
+                expected_renewals,
                 record,
             } => {
+                if let Some(seen) = expected_renewals
+                    && *seen != self.renewals
+                {
+                    return Outcome::Refused(format!(
+                        "{} renewed its lease after the failover was decided ({} renewals since)",
+                        record.from,
+                        self.renewals.saturating_sub(*seen)
+                    ));
+                }
                 if *expected_epoch != self.epoch
                     || self.primary.as_deref() != Some(record.from.as_str())
                 {
@@ -641,6 +676,7 @@ mod tests {
             epoch,
             primary: Some(primary.into()),
             last_failover: None,
+            renewals: 0,
         }
     }
 
@@ -714,6 +750,7 @@ mod tests {
         let mut s = state(1, "db1");
         let promote = |epoch, from: &str, to: &str| Command::Promote {
             expected_epoch: epoch,
+            expected_renewals: None,
             record: record(from, to),
         };
         assert_eq!(s.apply(&promote(1, "db1", "db2")), Outcome::Granted);
@@ -728,6 +765,56 @@ mod tests {
             "a promotion against a node that is no longer primary is stale"
         );
         assert_eq!(s.primary.as_deref(), Some("db2"));
+    }
+
+    #[test]
+    fn a_renewal_granted_after_the_decision_voids_the_promotion() {
+        // Rule: a renewal after the decision voids it.
+        let mut s = state(4, "db2");
+        let renew = Command::Renew {
+            node: "db2".into(),
+            epoch: 4,
+        };
+        assert_eq!(s.apply(&renew), Outcome::Granted);
+        let decided_on = s.renewals;
+        let promote = Command::Promote {
+            expected_epoch: 4,
+            expected_renewals: Some(decided_on),
+            record: record("db2", "db3"),
+        };
+        // The slow primary's renewal reaches the log before the promotion.
+        assert_eq!(s.apply(&renew), Outcome::Granted);
+        assert!(
+            matches!(s.apply(&promote), Outcome::Refused(ref why) if why.contains("renewed its lease")),
+            "a primary holding a fresh lease is not replaced"
+        );
+        assert_eq!((s.epoch, s.primary.as_deref()), (4, Some("db2")));
+        // Decided on the current count, it goes through; the old primary's next
+        // renewal is refused.
+        let promote = Command::Promote {
+            expected_epoch: 4,
+            expected_renewals: Some(s.renewals),
+            record: record("db2", "db3"),
+        };
+        assert_eq!(s.apply(&promote), Outcome::Granted);
+        assert!(matches!(s.apply(&renew), Outcome::Refused(_)));
+        // The count does not change who is primary.
+        let mut t = s.clone();
+        t.renewals += 7;
+        assert!(s.same_record(&t));
+    }
+
+    #[test]
+    fn a_promotion_written_before_the_renewal_count_replays_as_applied() {
+        // An old log entry has no count: deserialized as None, not checked.
+        let old = r#"{"Promote":{"expected_epoch":1,"record":{"from":"db1","to":"db2","epoch":0,"at_unix_ms":0,"detected_after_ms":0,"fencing":"lease expired","gtid":""}}}"#;
+        let cmd: Command = serde_json::from_str(old).expect("old entry");
+        let mut s = state(1, "db1");
+        s.renewals = 12;
+        assert_eq!(s.apply(&cmd), Outcome::Granted);
+        let old_state = r#"{"epoch":2,"primary":"db2","last_failover":null}"#;
+        let st: ClusterState = serde_json::from_str(old_state).expect("old state");
+        assert_eq!(st.renewals, 0);
     }
 
     #[test]

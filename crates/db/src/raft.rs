@@ -470,8 +470,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared.last_grant_applied = Instant::now();
             shared.live_grant |= live;
         }
+        // Watchers wake for a change of primary, not for every renewal.
         self.publish.send_if_modified(|s| {
-            let changed = *s != state;
+            let changed = !s.same_record(&state);
             *s = state;
             changed
         });

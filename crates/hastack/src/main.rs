@@ -4,8 +4,8 @@
 //! - `node NAME` runs one node (what `up` spawns and what systemd would run) ([`node`]);
 //! - `status`, `stop`, `start`, `kill`, `down`, `db rebuild` talk to a running `up`
 //!   ([`control`]);
-//! - `drill db-failover` and `drill lb-failover` inject a failure under traffic and
-//!   report what users saw ([`drill`], [`drill_lb`]);
+//! - `drill lb-failover|web-failover|app-failover|db-failover|all` inject a failure
+//!   under traffic and report what users saw, the same figures for each ([`drill`]);
 //! - `exec NODE -- CMD` runs a command in a node's namespace of an isolated stack
 //!   ([`netns`] makes them);
 //! - `top` shows the stack live in the terminal, `metrics` prints the Prometheus scrape
@@ -19,7 +19,6 @@ mod control;
 mod deadlines;
 mod dns_node;
 mod drill;
-mod drill_lb;
 mod export;
 use hastack_status::http as http_get;
 mod lb_ctl;
@@ -298,27 +297,50 @@ enum DbOp {
 
 #[derive(Subcommand)]
 enum Drill {
-    /// Take the master lb away under traffic from the client namespace (its link cut,
-    /// its process killed, a graceful stop), each followed by its return; report the
-    /// outage and failed requests the client saw (isolated stacks).
+    /// Take the master lb away under traffic (its link cut on an isolated stack, its
+    /// process killed, a graceful stop), each followed by its return.
     LbFailover {
         #[command(flatten)]
         config: ConfigArg,
-        /// The faults, in order.
-        #[arg(long, value_delimiter = ',', default_value = "link,kill,stop")]
-        faults: Vec<String>,
+        /// The faults, in order (default: link,kill,stop isolated; kill,stop on loopback).
+        #[arg(long, value_delimiter = ',')]
+        faults: Option<Vec<drill::Fault>>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
-    /// SIGKILL the database primary under writes and reads; start it again; report write
-    /// and read gaps, acknowledged writes lost, duplicates, and the old primary's rejoin.
+    /// SIGKILL a web node under traffic, then start it again.
+    WebFailover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// SIGKILL an app node under traffic, then start it again.
+    AppFailover {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// SIGKILL the database primary under writes and reads, then start it again; also
+    /// checks for duplicates, two writable servers and the old primary's rejoin.
     DbFailover {
         #[command(flatten)]
         config: ConfigArg,
         /// Stop the replicas' replication stream for a second before the kill.
         #[arg(long)]
         cut_replication: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every drill in turn: lb, web, app, db.
+    All {
+        #[command(flatten)]
+        config: ConfigArg,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -509,22 +531,24 @@ fn main() -> ExitCode {
                 } => lb_command(&target, C::Weight { server, weight }),
             }
         }
-        Cmd::Drill {
-            drill:
+        Cmd::Drill { drill } => {
+            let (config, which, json) = match drill {
                 Drill::LbFailover {
                     config,
                     faults,
                     json,
-                },
-        } => load(&config).and_then(|t| drill_lb::lb_failover(&t, &faults, json)),
-        Cmd::Drill {
-            drill:
+                } => (config, drill::Which::Lb(faults), json),
+                Drill::WebFailover { config, json } => (config, drill::Which::Web, json),
+                Drill::AppFailover { config, json } => (config, drill::Which::App, json),
                 Drill::DbFailover {
                     config,
                     cut_replication,
                     json,
-                },
-        } => load(&config).and_then(|t| drill::db_failover(&t, cut_replication, json)),
+                } => (config, drill::Which::Db { cut_replication }, json),
+                Drill::All { config, json } => (config, drill::Which::All, json),
+            };
+            load(&config).and_then(|t| drill::run(&t, which, json))
+        }
     };
     match result {
         Ok(code) => code,

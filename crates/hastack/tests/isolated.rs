@@ -179,3 +179,59 @@ fn app_port(stack: &Stack) -> u16 {
         .and_then(|v| v.trim().parse().ok())
         .expect("ports.app")
 }
+
+/// `hastack drill all` on an isolated stack: the traffic comes from the client
+/// namespace, the lb's link is cut as well as its process killed and stopped, and the
+/// db drill reads the servers from a db node's namespace (the only place the firewall
+/// and the accounts let SQL in from).
+#[test]
+fn every_drill_passes_from_the_client_namespace() {
+    let stack = Stack::up_isolated(|t| t);
+    eventually("the VIP on lb1 only", Duration::from_secs(10), || {
+        (vip_holders(&stack) == ["lb1"]).then_some(())
+    });
+    let out = stack.ctl(&["drill", "all", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill output is not JSON ({e}): {stdout}{}\n--- up:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            stack.output()
+        )
+    });
+    let show = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    assert!(out.status.success() && doc["passed"] == true, "{show}");
+    let rows = doc["drills"].as_array().cloned().unwrap_or_default();
+    let faults: Vec<&str> = rows.iter().filter_map(|r| r["fault"].as_str()).collect();
+    assert_eq!(
+        faults,
+        [
+            "cut lb1's link",
+            "kill lb1",
+            "stop lb1",
+            "kill web1",
+            "kill app1",
+            "kill db1"
+        ],
+        "{show}"
+    );
+    for r in &rows {
+        assert_eq!(r["writes_lost"], 0, "{r}");
+        assert!(r["writes_acknowledged"].as_u64().unwrap_or(0) >= 10, "{r}");
+        assert!(r["outage_s"].is_number(), "{r}");
+    }
+    // The VIP on one interface after each lb fault, lb1's again.
+    for r in &rows[..3] {
+        assert_eq!(
+            r["details"]["vip_holders_after"],
+            serde_json::json!(["lb1"]),
+            "{r}"
+        );
+        assert_eq!(r["details"]["served_after"], "lb2", "{r}");
+    }
+    let db = &rows[5]["details"];
+    assert_eq!(db["max_writable_at_once"], 1, "{show}");
+    assert_eq!(db["duplicate_writes"], 0, "{show}");
+    assert_eq!(db["converged"], true, "{show}");
+    assert_eq!(vip_holders(&stack), ["lb1"]);
+}

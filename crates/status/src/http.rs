@@ -14,6 +14,8 @@ pub struct Answer {
     pub status: u16,
     /// The body, as text.
     pub body: String,
+    /// Its `X-Served-By` header: which lb (and web node) answered.
+    pub served_by: Option<String>,
 }
 
 /// Sends one request (`Connection: close`) to `addr`; the answer, or why not.
@@ -33,10 +35,10 @@ pub async fn request(
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, addr.to_string());
+        let mut req = hyper::Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req = req.header(hyper::header::HOST, addr.to_string());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -45,6 +47,11 @@ pub async fn request(
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
+        let served_by = resp
+            .headers()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .into_body()
             .collect()
@@ -54,6 +61,7 @@ pub async fn request(
         Ok(Answer {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
+            served_by,
         })
     };
     match tokio::time::timeout(timeout, fut).await {

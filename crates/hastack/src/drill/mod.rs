@@ -1,0 +1,431 @@
+//! `hastack drill lb-failover|web-failover|app-failover|db-failover|all`: breaks one
+//! part of a running stack under traffic and reports what users saw, the same figures
+//! for every drill:
+//!
+//! - **outage**: the longest time, from the fault until the part is brought back, in
+//!   which no request got a successful answer — failed requests and stalled ones (a
+//!   SYN retransmitted after a second) both count; the clients send every 20 ms, so an
+//!   unharmed site shows about that; none when the site never recovered;
+//! - **failed requests** out of all in flight at the fault or sent after it, to the end
+//!   (the part's return included);
+//! - **slowest request** in that time (a request that timed out counts its timeout);
+//! - **writes lost**: acknowledged writes not found by id afterwards.
+//!
+//! The traffic ([`load`]) runs from the client's side: from the client namespace of an
+//! isolated stack, from this machine on a loopback one. Each drill adds its own checks
+//! (the VIP on exactly one lb, the killed node back in rotation, never two writable
+//! database servers, the old primary a replica again); a drill passes when the site
+//! recovered, no acknowledged write was lost and its checks hold. Output: a table, or
+//! with `--json` `{"passed": …, "drills": [rows]}`, each row with the drill's details.
+
+mod db;
+mod lb;
+mod load;
+mod tier;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde::Serialize;
+
+use hastack_config::{Role, Topology};
+
+use crate::control::{self, Request, StatusReport};
+
+pub(crate) use lb::Fault;
+
+/// Which drill to run.
+#[derive(Debug, Clone)]
+pub(crate) enum Which {
+    /// The master lb, each of these faults in turn (default: all the mode allows).
+    Lb(Option<Vec<Fault>>),
+    /// A web node killed and started again.
+    Web,
+    /// An app node killed and started again.
+    App,
+    /// The database primary killed (optionally with replication cut first).
+    Db {
+        /// Stop the replicas' receiving threads for a second before the kill.
+        cut_replication: bool,
+    },
+    /// lb, web, app and db, in that order.
+    All,
+}
+
+/// One drill's row: the figures every drill reports, its verdict and its details.
+#[derive(Debug, Serialize)]
+pub(crate) struct Figures {
+    /// `lb-failover`, `web-failover`, `app-failover` or `db-failover`.
+    pub(crate) drill: &'static str,
+    /// What was done: `kill lb1`, `cut lb1's link`, ….
+    pub(crate) fault: String,
+    /// Fault → first success after the last failure, while the fault lasted; `None`:
+    /// the site did not recover.
+    pub(crate) outage_s: Option<f64>,
+    /// Requests in flight at the fault or sent after it, to the end.
+    pub(crate) requests: usize,
+    /// Of which failed (an error answer, a refused or reset connection, a timeout).
+    pub(crate) failed_requests: usize,
+    /// The slowest of them.
+    pub(crate) slowest_request_s: f64,
+    /// Writes acknowledged during the whole drill.
+    pub(crate) writes_acknowledged: u64,
+    /// Acknowledged writes not found afterwards.
+    pub(crate) writes_lost: u64,
+    /// Posts not found by id right after their acknowledgement.
+    pub(crate) read_your_writes_misses: u64,
+    /// Whether the drill passed.
+    pub(crate) passed: bool,
+    /// Why not, one line each.
+    pub(crate) problems: Vec<String>,
+    /// The drill's own findings.
+    pub(crate) details: serde_json::Value,
+}
+
+impl Figures {
+    /// The figures of `traffic`, for a fault at `fault` lasting until `until`.
+    fn of(
+        drill: &'static str,
+        fault: String,
+        traffic: &load::Verified,
+        at: Instant,
+        until: Instant,
+    ) -> Figures {
+        // Requests in flight at the fault count: a write waiting on the dying primary
+        // is the fault's, though it was sent a moment before.
+        let after: Vec<&load::Sample> = traffic
+            .samples
+            .iter()
+            .filter(|s| s.at + s.took >= at)
+            .collect();
+        let during: Vec<&load::Sample> = after.iter().copied().filter(|s| s.at < until).collect();
+        let outage = outage(&during, at);
+        let mut problems = Vec::new();
+        if outage.is_none() {
+            problems.push("the site did not recover while the fault lasted".to_string());
+        }
+        if !traffic.lost.is_empty() {
+            problems.push(format!(
+                "{} acknowledged writes lost (e.g. {})",
+                traffic.lost.len(),
+                traffic.lost[0]
+            ));
+        }
+        if traffic.acknowledged == 0 {
+            problems.push("no write was acknowledged".to_string());
+        }
+        Figures {
+            drill,
+            fault,
+            outage_s: outage.map(|d| d.as_secs_f64()),
+            requests: after.len(),
+            failed_requests: after.iter().filter(|s| !s.ok).count(),
+            slowest_request_s: after
+                .iter()
+                .map(|s| s.took)
+                .max()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            writes_acknowledged: traffic.acknowledged,
+            writes_lost: traffic.lost.len() as u64,
+            read_your_writes_misses: traffic.read_your_writes_misses,
+            passed: false,
+            problems,
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// Adds a check of the drill's own: `problem` when it does not hold.
+    fn check(&mut self, holds: bool, problem: impl Into<String>) {
+        if !holds {
+            self.problems.push(problem.into());
+        }
+    }
+
+    /// Sets the verdict and the details.
+    fn done(mut self, details: impl Serialize) -> Figures {
+        self.passed = self.problems.is_empty();
+        self.details = serde_json::to_value(details).unwrap_or_default();
+        self
+    }
+}
+
+/// The longest time from the fault at `t0` in which no request of `samples` (sent
+/// from `t0` on, in order) got a successful answer: the gaps between successive
+/// successful answers, the first from `t0`. `None` when no request succeeded after the
+/// last failed one.
+fn outage(samples: &[&load::Sample], t0: Instant) -> Option<Duration> {
+    if let Some(i) = samples.iter().rposition(|s| !s.ok)
+        && !samples[i + 1..].iter().any(|s| s.ok)
+    {
+        return None;
+    }
+    let mut answered: Vec<Instant> = samples
+        .iter()
+        .filter(|s| s.ok)
+        .map(|s| s.at + s.took)
+        .collect();
+    answered.sort();
+    let mut last = t0;
+    let mut longest = Duration::ZERO;
+    for at in answered {
+        longest = longest.max(at.saturating_duration_since(last));
+        last = last.max(at);
+    }
+    Some(longest)
+}
+
+/// What every drill needs: where the stack is and how to reach it.
+pub(crate) struct Ctx {
+    topo: Topology,
+    state_dir: PathBuf,
+    /// The client's namespace of an isolated stack.
+    client_netns: Option<PathBuf>,
+    vip: SocketAddr,
+    json: bool,
+}
+
+impl Ctx {
+    fn new(topo: &Topology, json: bool) -> anyhow::Result<Ctx> {
+        let state_dir = crate::state_dir(topo)?;
+        let st = control::fetch_status(&state_dir)?;
+        Ok(Ctx {
+            client_netns: st
+                .client_netns
+                .as_ref()
+                .map(|ns| Path::new("/run/netns").join(ns)),
+            vip: SocketAddr::from((topo.vip, topo.http_port)),
+            topo: topo.clone(),
+            state_dir,
+            json,
+        })
+    }
+
+    fn isolated(&self) -> bool {
+        self.client_netns.is_some()
+    }
+
+    /// Progress, on the terminal only (JSON output stays one document).
+    fn say(&self, text: impl AsRef<str>) {
+        if !self.json {
+            println!("{}", text.as_ref());
+        }
+    }
+
+    /// Starts the users' traffic, tagged with `drill` so its posts are its own.
+    fn load(&self, drill: &str) -> anyhow::Result<load::Load> {
+        let tag = format!(
+            "{drill}-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_millis() % 1_000_000_000
+        );
+        load::Load::start(
+            self.client_netns.clone(),
+            self.vip,
+            self.topo.site.clone(),
+            tag,
+        )
+    }
+
+    fn status(&self) -> anyhow::Result<StatusReport> {
+        control::fetch_status(&self.state_dir)
+    }
+
+    /// Sends `cmd node` to the supervisor; an error unless it was carried out.
+    fn order(&self, cmd: &str, node: &str) -> anyhow::Result<String> {
+        let resp = control::send(
+            &self.state_dir,
+            &Request {
+                cmd: cmd.into(),
+                node: node.into(),
+                source: None,
+            },
+        )?;
+        if resp.ok {
+            Ok(resp.message.unwrap_or_default())
+        } else {
+            bail!(
+                "{cmd} {node}: {}",
+                resp.error.unwrap_or_else(|| "failed".into())
+            )
+        }
+    }
+}
+
+/// Runs `which` on the stack of `topo`; exit status 0 when every drill passed.
+pub(crate) fn run(topo: &Topology, which: Which, json: bool) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx::new(topo, json)?;
+    let mut rows = Vec::new();
+    let all = matches!(which, Which::All);
+    if let Which::Lb(faults) = &which {
+        rows.extend(lb::run(&ctx, faults.clone())?);
+    }
+    if all {
+        rows.extend(lb::run(&ctx, None)?);
+    }
+    if matches!(which, Which::Web) || all {
+        rows.push(tier::run(&ctx, Role::Web)?);
+    }
+    if matches!(which, Which::App) || all {
+        rows.push(tier::run(&ctx, Role::App)?);
+    }
+    if let Which::Db { cut_replication } = which {
+        rows.push(db::run(&ctx, cut_replication)?);
+    }
+    if all {
+        if ctx.status()?.db_engine == "mariadb" {
+            rows.push(db::run(&ctx, false)?);
+        } else {
+            ctx.say("db-failover: skipped, the stack runs on SQLite (install mariadb-server for the MariaDB tier)");
+        }
+    }
+    let passed = rows.iter().all(|r| r.passed);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "passed": passed, "drills": rows }))?
+        );
+    } else {
+        print!("\n{}", table(&rows));
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The rows as a table, then each failed row's problems.
+fn table(rows: &[Figures]) -> String {
+    use std::fmt::Write;
+    let mut out = format!(
+        "{:<13} {:<28} {:>9} {:>11} {:>9} {:>12}  {}\n",
+        "drill", "fault", "outage", "failed", "slowest", "writes lost", "result"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<13} {:<28} {:>9} {:>11} {:>9} {:>12}  {}",
+            r.drill,
+            r.fault,
+            r.outage_s.map_or("none".into(), |s| format!("{s:.3} s")),
+            format!("{}/{}", r.failed_requests, r.requests),
+            format!("{:.3} s", r.slowest_request_s),
+            format!("{}/{}", r.writes_lost, r.writes_acknowledged),
+            if r.passed { "PASS" } else { "FAIL" }
+        );
+    }
+    for r in rows.iter().filter(|r| !r.passed) {
+        for p in &r.problems {
+            let _ = writeln!(out, "  {} ({}): {p}", r.drill, r.fault);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t0: Instant, ms: u64, ok: bool) -> load::Sample {
+        timed(t0, ms, 2, ok)
+    }
+
+    fn timed(t0: Instant, ms: u64, took_ms: u64, ok: bool) -> load::Sample {
+        load::Sample {
+            at: t0 + Duration::from_millis(ms),
+            took: Duration::from_millis(took_ms),
+            ok,
+            served_by: ok.then(|| "lb2, web1, app1".to_string()),
+            write: false,
+        }
+    }
+
+    fn outage_of(samples: &[load::Sample], t0: Instant) -> Option<Duration> {
+        outage(&samples.iter().collect::<Vec<_>>(), t0)
+    }
+
+    #[test]
+    fn the_outage_is_the_longest_time_without_a_successful_answer() {
+        let t0 = Instant::now();
+        // Answered at 12, (failed), 72, 92: the gap 12 → 72.
+        let s = [
+            sample(t0, 10, true),
+            sample(t0, 30, false),
+            sample(t0, 50, false),
+            sample(t0, 70, true),
+            sample(t0, 90, true),
+        ];
+        assert_eq!(outage_of(&s, t0), Some(Duration::from_millis(60)));
+        // Nothing failed, but requests stalled for a second (a retransmitted SYN).
+        let stalled = [
+            sample(t0, 0, true),
+            timed(t0, 20, 1000, true),
+            timed(t0, 40, 980, true),
+            sample(t0, 1040, true),
+        ];
+        assert_eq!(outage_of(&stalled, t0), Some(Duration::from_millis(1018)));
+        // An unharmed site: about the clients' interval.
+        let clean = [sample(t0, 20, true), sample(t0, 40, true)];
+        assert_eq!(outage_of(&clean, t0), Some(Duration::from_millis(22)));
+        // Never recovered.
+        let dead = [sample(t0, 10, true), sample(t0, 30, false)];
+        assert_eq!(outage_of(&dead, t0), None);
+    }
+
+    #[test]
+    fn figures_count_from_the_fault_and_the_outage_only_while_it_lasts() {
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let before = load::Sample {
+            at: t0 - Duration::from_millis(500),
+            took: Duration::from_millis(400),
+            ok: false,
+            served_by: None,
+            write: true,
+        };
+        // Sent before the fault, answered after it: the fault's.
+        let in_flight = timed(t0 - Duration::from_millis(10), 0, 700, true);
+        let mut samples = vec![before, in_flight];
+        samples.extend([
+            sample(t0, 0, false),
+            sample(t0, 20, true),
+            // After the fault ended (the node's return): failed, but not outage.
+            sample(t0, 3000, false),
+            sample(t0, 3020, true),
+        ]);
+        let traffic = load::Verified {
+            acknowledged: 10,
+            lost: vec!["k-3".into()],
+            read_your_writes_misses: 0,
+            samples,
+            tag: "k".into(),
+            acked_keys: Vec::new(),
+        };
+        let f = Figures::of(
+            "web-failover",
+            "kill web1".into(),
+            &traffic,
+            t0,
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(f.requests, 5);
+        assert_eq!(f.failed_requests, 2);
+        // Answered at 22 and 690 after the fault: the longest gap while it lasted.
+        assert_eq!(f.outage_s, Some(0.668));
+        // The failed request done before the fault is not the drill's; the one in
+        // flight is.
+        assert_eq!(f.slowest_request_s, 0.7);
+        assert_eq!(f.writes_lost, 1);
+        let f = f.done(serde_json::json!({}));
+        assert!(!f.passed);
+        assert_eq!(f.problems, vec!["1 acknowledged writes lost (e.g. k-3)"]);
+        let t = table(&[f]);
+        assert!(t.contains("web-failover  kill web1"), "{t}");
+        assert!(t.contains("2/5"), "{t}");
+        assert!(t.contains("1/10"), "{t}");
+        assert!(t.contains("FAIL"), "{t}");
+    }
+}
