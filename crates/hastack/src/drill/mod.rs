@@ -3,9 +3,10 @@
 //! for every drill:
 //!
 //! - **outage**: the longest time, from the fault until the part is brought back, in
-//!   which no request got a successful answer — failed requests and stalled ones (a
-//!   SYN retransmitted after a second) both count; the clients send every 20 ms, so an
-//!   unharmed site shows about that; none when the site never recovered;
+//!   which reads or writes got no successful answer — failed requests and stalled ones
+//!   (a SYN retransmitted after a second, a write waiting for a new primary) both
+//!   count; the clients send every 20 ms, so an unharmed site shows about that; none
+//!   when the site never recovered;
 //! - **failed requests** out of all in flight at the fault or sent after it, to the end
 //!   (the part's return included);
 //! - **slowest request** in that time (a request that timed out counts its timeout);
@@ -62,8 +63,8 @@ pub(crate) struct Figures {
     pub(crate) drill: &'static str,
     /// What was done: `kill lb1`, `cut lb1's link`, ….
     pub(crate) fault: String,
-    /// Fault → first success after the last failure, while the fault lasted; `None`:
-    /// the site did not recover.
+    /// The longest time reads or writes got no successful answer while the fault
+    /// lasted; `None`: the site did not recover.
     pub(crate) outage_s: Option<f64>,
     /// Requests in flight at the fault or sent after it, to the end.
     pub(crate) requests: usize,
@@ -102,7 +103,14 @@ impl Figures {
             .filter(|s| s.at + s.took >= at)
             .collect();
         let during: Vec<&load::Sample> = after.iter().copied().filter(|s| s.at < until).collect();
-        let outage = outage(&during, at);
+        // Reads and writes each: a write waiting for a new primary is an outage for
+        // whoever posts, though reads go on.
+        let (reads, writes): (Vec<&load::Sample>, Vec<&load::Sample>) =
+            during.iter().partition(|s| !s.write);
+        let outage = match (outage(&reads, at), outage(&writes, at)) {
+            (Some(r), Some(w)) => Some(r.max(w)),
+            _ => None,
+        };
         let mut problems = Vec::new();
         if outage.is_none() {
             problems.push("the site did not recover while the fault lasted".to_string());
@@ -374,6 +382,33 @@ mod tests {
         // Never recovered.
         let dead = [sample(t0, 10, true), sample(t0, 30, false)];
         assert_eq!(outage_of(&dead, t0), None);
+    }
+
+    #[test]
+    fn a_write_waiting_for_a_new_primary_is_an_outage_though_reads_go_on() {
+        let t0 = Instant::now();
+        let mut samples: Vec<load::Sample> = (0..50).map(|i| sample(t0, i * 20, true)).collect();
+        let mut write = timed(t0, 5, 1500, true);
+        write.write = true;
+        samples.push(write);
+        let mut after = timed(t0, 1530, 3, true);
+        after.write = true;
+        samples.push(after);
+        samples.sort_by_key(|s| s.at);
+        let traffic = load::Verified {
+            acknowledged: 2,
+            samples,
+            ..Default::default()
+        };
+        let f = Figures::of(
+            "db-failover",
+            "kill db1".into(),
+            &traffic,
+            t0,
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(f.outage_s, Some(1.505));
+        assert_eq!(f.failed_requests, 0);
     }
 
     #[test]
