@@ -101,7 +101,7 @@ body_timeout_ms = 30000    # a request body must be whole this long after its he
 body_buffer = 67108864     # bytes of request bodies held in memory, all requests together, so
                            # an idempotent request can be re-sent; the others stream through
 access_log = "off"         # "text" (NCSA combined + server and time) or "json": one line per
-                           # request in <state_dir>/logs/NODE-access.log
+                           # request in <state_dir>/logs/NODE-access.log (rotated at 64 MiB, 3 kept)
 
 [web]
 # root = "site"            # serve this directory instead of the built-in site; FILE.br,

@@ -6,77 +6,16 @@
 //! and a new one begins, as logrotate's `size` with `rotate KEEP` does. A line is never
 //! split across files. (A node run by systemd logs to the journal instead.)
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+pub(crate) use hastack_runtime::rotating_log::RotatingLog;
 
 /// The size at which a node's log is rotated.
 pub(crate) const MAX_BYTES: u64 = 16 << 20;
 /// Rotated files kept besides the current one.
 pub(crate) const KEEP: usize = 3;
-
-/// A log file that rotates itself by size.
-pub(crate) struct RotatingLog {
-    path: PathBuf,
-    file: std::fs::File,
-    size: u64,
-    max: u64,
-    keep: usize,
-}
-
-impl RotatingLog {
-    /// Opens (appends to) `path`, rotating at `max` bytes and keeping `keep` old files.
-    pub(crate) fn open(path: &Path, max: u64, keep: usize) -> std::io::Result<RotatingLog> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let size = file.metadata()?.len();
-        Ok(RotatingLog {
-            path: path.to_path_buf(),
-            file,
-            size,
-            max,
-            keep,
-        })
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        for n in (1..self.keep).rev() {
-            match std::fs::rename(self.rotated(n), self.rotated(n + 1)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if self.keep == 0 {
-            std::fs::remove_file(&self.path)?;
-        } else {
-            std::fs::rename(&self.path, self.rotated(1))?;
-        }
-        *self = RotatingLog::open(&self.path, self.max, self.keep)?;
-        Ok(())
-    }
-
-    /// Appends one line (with its newline), rotating first if it would not fit.
-    pub(crate) fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
-        let len = line.len() as u64;
-        if self.size > 0 && self.size + len > self.max {
-            self.rotate()?;
-        }
-        self.file.write_all(line)?;
-        self.size += len;
-        Ok(())
-    }
-}
 
 /// Copies `from` line by line into `log` until end of file.
 pub(crate) async fn pump(from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLog>>) {
@@ -92,7 +31,7 @@ pub(crate) async fn pump(from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLo
                 }
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
                 if let Err(e) = log.write_line(&line) {
-                    println!("hastack: writing {}: {e}", log.path.display());
+                    println!("hastack: writing {}: {e}", log.path().display());
                     return;
                 }
             }
@@ -103,43 +42,10 @@ pub(crate) async fn pump(from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn read(p: PathBuf) -> String {
         std::fs::read_to_string(p).unwrap_or_default()
-    }
-
-    #[test]
-    fn a_full_log_moves_to_dot_one_and_the_oldest_beyond_keep_is_dropped() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("web1.log");
-        let mut log = RotatingLog::open(&path, 20, 2).expect("open");
-        for i in 0..8 {
-            log.write_line(format!("line {i} ....\n").as_bytes())
-                .expect("write");
-        }
-        // 13 bytes a line, 20 at most a file: one line per file.
-        assert_eq!(read(path.clone()), "line 7 ....\n");
-        assert_eq!(read(dir.path().join("web1.log.1")), "line 6 ....\n");
-        assert_eq!(read(dir.path().join("web1.log.2")), "line 5 ....\n");
-        assert!(!dir.path().join("web1.log.3").exists(), "keep = 2");
-    }
-
-    #[test]
-    fn a_reopened_log_counts_what_it_holds_and_a_long_line_is_never_split() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("db1.log");
-        std::fs::write(&path, "0123456789\n").expect("write");
-        let mut log = RotatingLog::open(&path, 16, 3).expect("open");
-        log.write_line(b"abcdef\n").expect("write");
-        assert_eq!(read(dir.path().join("db1.log.1")), "0123456789\n");
-        let long = format!("{}\n", "x".repeat(40));
-        log.write_line(long.as_bytes()).expect("write");
-        assert_eq!(
-            read(path),
-            long,
-            "a line longer than the limit has a file to itself"
-        );
-        assert_eq!(read(dir.path().join("db1.log.1")), "abcdef\n");
     }
 
     #[tokio::test]

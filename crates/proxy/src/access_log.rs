@@ -7,9 +7,12 @@
 //! short lock, never for a write to disk. A line is written when the response head
 //! goes out (HAProxy's `option logasap`): the size is the `Content-Length` when the
 //! response has one, `-` when it streams.
+//!
+//! The file rotates itself at [`MAX_BYTES`] keeping [`KEEP`] old ones (`NODE-access.log.1`
+//! …), so a busy node cannot fill the disk; rotation falls between writes, never
+//! inside a line.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,8 @@ use std::time::Duration;
 use http::{Method, Request, Response, Uri, Version, header};
 use tokio::sync::watch;
 use tracing::warn;
+
+use hastack_runtime::rotating_log::RotatingLog;
 
 pub use hastack_config::AccessLogFormat;
 
@@ -30,6 +35,11 @@ const FLUSH_AT: usize = 256 * 1024;
 /// Buffered bytes above which lines are dropped (the disk is not keeping up); the
 /// count of dropped lines is logged.
 const DROP_AT: usize = 16 * 1024 * 1024;
+
+/// The size at which an access log is rotated.
+pub const MAX_BYTES: u64 = 64 << 20;
+/// Rotated access logs kept besides the current one.
+pub const KEEP: usize = 3;
 
 /// Where a node's access log goes: `<state_dir>/logs/NODE-access.log`.
 pub fn path_for(state_dir: &Path, node: &str) -> PathBuf {
@@ -58,7 +68,7 @@ pub fn open_for(
 #[derive(Debug)]
 pub struct AccessLog {
     format: AccessLogFormat,
-    file: Mutex<std::fs::File>,
+    file: Mutex<RotatingLog>,
     buf: Mutex<(String, u64)>,
     path: PathBuf,
 }
@@ -103,10 +113,7 @@ impl AccessLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = RotatingLog::open(path, MAX_BYTES, KEEP)?;
         let log = Arc::new(AccessLog {
             format,
             file: Mutex::new(file),
@@ -143,7 +150,7 @@ impl AccessLog {
             return;
         }
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = f.write_all(text.as_bytes()) {
+        if let Err(e) = f.write_line(text.as_bytes()) {
             warn!(path = %self.path.display(), error = %e, "writing the access log");
         }
     }
@@ -269,12 +276,40 @@ mod tests {
     }
 
     fn log(format: AccessLogFormat) -> AccessLog {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sized(format, &dir.path().join("t"), MAX_BYTES, KEEP)
+    }
+
+    fn sized(format: AccessLogFormat, path: &Path, max: u64, keep: usize) -> AccessLog {
         AccessLog {
             format,
-            file: Mutex::new(tempfile::tempfile().expect("file")),
+            file: Mutex::new(RotatingLog::open(path, max, keep).expect("open")),
             buf: Mutex::new((String::new(), 0)),
-            path: PathBuf::from("t"),
+            path: path.to_path_buf(),
         }
+    }
+
+    #[test]
+    fn a_full_access_log_rotates_between_writes_never_inside_a_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web1-access.log");
+        let log = sized(AccessLogFormat::Text, &path, 100, 2);
+        for batch in 0..4 {
+            {
+                let mut b = log.buf.lock().expect("buf");
+                for i in 0..3 {
+                    let _ = writeln!(b.0, "batch {batch} line {i} ..........");
+                }
+            }
+            log.flush();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        // Three 26-byte lines a write, 100 bytes a file: one write per file.
+        assert!(read(&path).starts_with("batch 3 line 0"), "{}", read(&path));
+        assert_eq!(read(&path).lines().count(), 3);
+        assert!(read(&dir.path().join("web1-access.log.1")).starts_with("batch 2 line 0"));
+        assert!(read(&dir.path().join("web1-access.log.2")).starts_with("batch 1 line 0"));
+        assert!(!dir.path().join("web1-access.log.3").exists(), "keep = 2");
     }
 
     fn at() -> chrono::DateTime<chrono::Utc> {

@@ -16,6 +16,7 @@ pub mod control_socket;
 pub mod front_door;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod rotating_log;
 pub mod secrets;
 pub mod zero_copy;
 
