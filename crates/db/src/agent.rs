@@ -902,8 +902,15 @@ impl Agent {
                 Ok(Ok(_)) => {}
                 _ => continue,
             }
-            // The record first, then the time of the last grant: a renewal counted in
-            // the record was applied (and timed) before it was published.
+            // What is applied, then the record, then the time of the last grant: every
+            // renewal up to `decided_at` was applied, and its time noted, before the
+            // index was reported. A renewal after it voids the promotion.
+            let decided_at = self
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
             let state = self.cluster.borrow().clone();
             let last_grant = lock(&self.shared).last_grant_applied;
             if !self.settings.timing.expired(last_grant, Instant::now())
@@ -917,7 +924,10 @@ impl Agent {
                 silent_ms = silent.as_millis() as u64,
                 "the primary's lease expired: failing over"
             );
-            match self.fail_over(&state, &old, silent, &pools).await {
+            match self
+                .fail_over(&state, decided_at, &old, silent, &pools)
+                .await
+            {
                 Ok(to) => {
                     lock(&self.snapshot).failovers += 1;
                     info!(from = old, to, "failover decided");
@@ -933,6 +943,7 @@ impl Agent {
     async fn fail_over(
         &self,
         state: &ClusterState,
+        decided_at: u64,
         old: &str,
         silent: Duration,
         pools: &[(Peer, MySqlPool)],
@@ -1031,7 +1042,7 @@ impl Agent {
             &self.raft,
             Command::Promote {
                 expected_epoch: state.epoch,
-                expected_renewals: Some(state.renewals),
+                decided_at: Some(decided_at),
                 record,
             },
             Duration::from_secs(2),
@@ -1040,9 +1051,16 @@ impl Agent {
         {
             Ok(Outcome::Granted) => Ok(chosen.name),
             Ok(Outcome::Refused(why)) => {
-                // Nobody was promoted: the replicas go on receiving from the primary.
-                for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
-                    let _ = exec(pool, "START SLAVE IO_THREAD").await;
+                // Still the same primary (it renewed): the replicas go on receiving from
+                // it. Had another arbiter promoted one of them, it is left alone.
+                let same = {
+                    let now = self.cluster.borrow();
+                    now.epoch == state.epoch && now.primary.as_deref() == Some(old)
+                };
+                if same {
+                    for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
+                        let _ = exec(pool, "START SLAVE IO_THREAD").await;
+                    }
                 }
                 Err(why)
             }

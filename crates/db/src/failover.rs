@@ -11,7 +11,7 @@
 //!   compare-and-set on the epoch, so two arbiters can never promote twice.
 //! - **The primary holds a lease.** It renews it through the log every
 //!   `lease / 4`; a renewal counts from the moment it was *sent*, and holds for
-//!   `lease − margin`. The record counts the renewals it granted. A primary whose lease has run out stops writing
+//!   `lease − margin`. The record keeps the log index of the last renewal it granted. A primary whose lease has run out stops writing
 //!   (`read_only = 1`) — fencing — whether or not it can reach anyone.
 //! - **A primary is dead when its lease has surely expired.** Renewals need a majority
 //!   of db nodes, so a lease lapses only when a majority cannot reach the primary (or
@@ -22,9 +22,11 @@
 //! - **A renewal after the decision voids it.** Between the arbiter seeing the lease
 //!   expire and its promotion reaching the log (fencing, reading the replicas: up to
 //!   seconds), a slow primary's renewal may still be granted: it then holds a fresh
-//!   lease and writes. The promotion names the renewal count it decided on and is
-//!   refused if the count moved (found by `hastack drill all`: two primaries' histories
-//!   diverged when a promotion overtook a renewal).
+//!   lease and writes. The promotion names the log index the arbiter had applied when
+//!   it decided and is refused if a renewal was granted after it (found by `hastack
+//!   drill all`: two primaries' histories diverged when a promotion overtook a
+//!   renewal). A log index, not a count: every node agrees on it whatever snapshot it
+//!   started from.
 //! - **The replica that received the most is promoted,** and becomes writable only after
 //!   it has applied everything it received (`MASTER_GTID_WAIT`), holds the lease, and —
 //!   with `semi-sync-or-refuse` — a replica acknowledges its commits.
@@ -46,13 +48,14 @@ pub struct ClusterState {
     pub primary: Option<String>,
     /// The last failover.
     pub last_failover: Option<FailoverRecord>,
-    /// Renewals granted so far (all epochs): what a promotion is decided against.
+    /// The log index of the last renewal granted (0: none since this node's snapshot
+    /// of an earlier version): what a promotion is decided against.
     #[serde(default)]
-    pub renewals: u64,
+    pub last_renewal_at: u64,
 }
 
 impl ClusterState {
-    /// Whether `other` names the same primary and failover: the renewal count aside,
+    /// Whether `other` names the same primary and failover: the last renewal aside,
     /// which moves every `lease / 4` and changes nobody's role.
     pub fn same_record(&self, other: &ClusterState) -> bool {
         self.epoch == other.epoch
@@ -96,14 +99,14 @@ pub enum Command {
         epoch: u64,
     },
     /// Makes `to` primary in place of `from`, if the record is still at `expected_epoch`
-    /// and no renewal was granted since the arbiter decided.
+    /// and no renewal was granted after the arbiter decided.
     Promote {
         /// The epoch the arbiter decided on.
         expected_epoch: u64,
-        /// The renewal count it decided on (`None` in log entries written before the
-        /// count existed: not checked, so that they replay as they were applied).
+        /// The log index the arbiter had applied when it decided (`None` in entries
+        /// written before this check existed: not checked, so they replay as applied).
         #[serde(default)]
-        expected_renewals: Option<u64>,
+        decided_at: Option<u64>,
         /// What happened.
         record: FailoverRecord,
     },
@@ -120,9 +123,9 @@ pub enum Outcome {
 }
 
 impl ClusterState {
-    /// Applies `cmd`, deterministically (every node applies the same commands in the
-    /// same order and ends in the same state).
-    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+    /// Applies `cmd`, the log's entry at index `at`, deterministically (every node
+    /// applies the same commands in the same order and ends in the same state).
+    pub fn apply(&mut self, at: u64, cmd: &Command) -> Outcome {
         match cmd {
             Command::Bootstrap { primary } => {
                 if self.epoch != 0 {
@@ -137,7 +140,7 @@ impl ClusterState {
             }
             Command::Renew { node, epoch } => {
                 if *epoch == self.epoch && self.primary.as_deref() == Some(node) {
-                    self.renewals += 1;
+                    self.last_renewal_at = at;
                     Outcome::Granted
                 } else {
                     Outcome::Refused(format!(
@@ -149,18 +152,9 @@ impl ClusterState {
             }
             Command::Promote {
                 expected_epoch,
-                expected_renewals,
+                decided_at,
                 record,
             } => {
-                if let Some(seen) = expected_renewals
-                    && *seen != self.renewals
-                {
-                    return Outcome::Refused(format!(
-                        "{} renewed its lease after the failover was decided ({} renewals since)",
-                        record.from,
-                        self.renewals.saturating_sub(*seen)
-                    ));
-                }
                 if *expected_epoch != self.epoch
                     || self.primary.as_deref() != Some(record.from.as_str())
                 {
@@ -169,6 +163,14 @@ impl ClusterState {
                         record.from,
                         self.epoch,
                         self.primary.as_deref().unwrap_or("none")
+                    ));
+                }
+                if let Some(decided_at) = decided_at
+                    && self.last_renewal_at > *decided_at
+                {
+                    return Outcome::Refused(format!(
+                        "{} renewed its lease after the failover was decided (renewal at log index {}, decided at {decided_at})",
+                        record.from, self.last_renewal_at
                     ));
                 }
                 self.epoch += 1;
@@ -676,7 +678,7 @@ mod tests {
             epoch,
             primary: Some(primary.into()),
             last_failover: None,
-            renewals: 0,
+            last_renewal_at: 0,
         }
     }
 
@@ -705,16 +707,36 @@ mod tests {
         GtidPos::parse(s).expect("gtid")
     }
 
+    /// A log: applies commands at increasing indices, as the consensus does.
+    struct Log {
+        state: ClusterState,
+        at: u64,
+    }
+
+    impl Log {
+        fn of(state: ClusterState) -> Log {
+            Log { state, at: 100 }
+        }
+
+        fn apply(&mut self, cmd: &Command) -> Outcome {
+            self.at += 1;
+            self.state.apply(self.at, cmd)
+        }
+    }
+
     #[test]
     fn bootstrap_happens_once() {
-        let mut s = ClusterState::default();
+        let mut s = Log::of(ClusterState::default());
         assert_eq!(
             s.apply(&Command::Bootstrap {
                 primary: "db1".into()
             }),
             Outcome::Granted
         );
-        assert_eq!((s.epoch, s.primary.as_deref()), (1, Some("db1")));
+        assert_eq!(
+            (s.state.epoch, s.state.primary.as_deref()),
+            (1, Some("db1"))
+        );
         assert!(
             matches!(
                 s.apply(&Command::Bootstrap {
@@ -724,17 +746,18 @@ mod tests {
             ),
             "the topology's primary is only the initial one: a restart must not reset the record"
         );
-        assert_eq!(s.primary.as_deref(), Some("db1"));
+        assert_eq!(s.state.primary.as_deref(), Some("db1"));
     }
 
     #[test]
     fn only_the_primary_of_the_current_epoch_renews() {
-        let mut s = state(3, "db2");
+        let mut s = Log::of(state(3, "db2"));
         let renew = |node: &str, epoch| Command::Renew {
             node: node.into(),
             epoch,
         };
         assert_eq!(s.apply(&renew("db2", 3)), Outcome::Granted);
+        assert_eq!(s.state.last_renewal_at, s.at);
         assert!(
             matches!(s.apply(&renew("db1", 3)), Outcome::Refused(_)),
             "a node that is not the primary gets no lease"
@@ -743,19 +766,27 @@ mod tests {
             matches!(s.apply(&renew("db2", 2)), Outcome::Refused(_)),
             "a renewal from an old epoch (sent before a failover) is refused"
         );
+        assert_eq!(
+            s.state.last_renewal_at,
+            s.at - 2,
+            "a refused renewal is no renewal"
+        );
     }
 
     #[test]
     fn a_promotion_is_a_compare_and_set_on_the_epoch() {
-        let mut s = state(1, "db1");
+        let mut s = Log::of(state(1, "db1"));
         let promote = |epoch, from: &str, to: &str| Command::Promote {
             expected_epoch: epoch,
-            expected_renewals: None,
+            decided_at: None,
             record: record(from, to),
         };
         assert_eq!(s.apply(&promote(1, "db1", "db2")), Outcome::Granted);
-        assert_eq!((s.epoch, s.primary.as_deref()), (2, Some("db2")));
-        assert_eq!(s.last_failover.as_ref().map(|r| r.epoch), Some(2));
+        assert_eq!(
+            (s.state.epoch, s.state.primary.as_deref()),
+            (2, Some("db2"))
+        );
+        assert_eq!(s.state.last_failover.as_ref().map(|r| r.epoch), Some(2));
         assert!(
             matches!(s.apply(&promote(1, "db1", "db3")), Outcome::Refused(_)),
             "a second arbiter deciding on the same epoch must not promote again"
@@ -764,22 +795,23 @@ mod tests {
             matches!(s.apply(&promote(2, "db1", "db3")), Outcome::Refused(_)),
             "a promotion against a node that is no longer primary is stale"
         );
-        assert_eq!(s.primary.as_deref(), Some("db2"));
+        assert_eq!(s.state.primary.as_deref(), Some("db2"));
     }
 
     #[test]
     fn a_renewal_granted_after_the_decision_voids_the_promotion() {
         // Rule: a renewal after the decision voids it.
-        let mut s = state(4, "db2");
+        let mut s = Log::of(state(4, "db2"));
         let renew = Command::Renew {
             node: "db2".into(),
             epoch: 4,
         };
         assert_eq!(s.apply(&renew), Outcome::Granted);
-        let decided_on = s.renewals;
+        // The arbiter decides with everything up to here applied.
+        let decided_at = s.at;
         let promote = Command::Promote {
             expected_epoch: 4,
-            expected_renewals: Some(decided_on),
+            decided_at: Some(decided_at),
             record: record("db2", "db3"),
         };
         // The slow primary's renewal reaches the log before the promotion.
@@ -788,33 +820,66 @@ mod tests {
             matches!(s.apply(&promote), Outcome::Refused(ref why) if why.contains("renewed its lease")),
             "a primary holding a fresh lease is not replaced"
         );
-        assert_eq!((s.epoch, s.primary.as_deref()), (4, Some("db2")));
-        // Decided on the current count, it goes through; the old primary's next
+        assert_eq!(
+            (s.state.epoch, s.state.primary.as_deref()),
+            (4, Some("db2"))
+        );
+        // Decided after the last renewal, it goes through; the old primary's next
         // renewal is refused.
         let promote = Command::Promote {
             expected_epoch: 4,
-            expected_renewals: Some(s.renewals),
+            decided_at: Some(s.at),
             record: record("db2", "db3"),
         };
         assert_eq!(s.apply(&promote), Outcome::Granted);
         assert!(matches!(s.apply(&renew), Outcome::Refused(_)));
-        // The count does not change who is primary.
-        let mut t = s.clone();
-        t.renewals += 7;
-        assert!(s.same_record(&t));
+        // The last renewal does not change who is primary.
+        let mut t = s.state.clone();
+        t.last_renewal_at += 7;
+        assert!(s.state.same_record(&t));
     }
 
     #[test]
-    fn a_promotion_written_before_the_renewal_count_replays_as_applied() {
-        // An old log entry has no count: deserialized as None, not checked.
+    fn nodes_started_from_different_snapshots_decide_a_promotion_alike() {
+        // Rule: a log index, not a count: a node restored from a snapshot of an earlier
+        // version knows no renewal before it (0), another replayed the whole log; both
+        // must grant or refuse the same promotion.
+        let old_snapshot = r#"{"epoch":4,"primary":"db2","last_failover":null}"#;
+        let restored: ClusterState = serde_json::from_str(old_snapshot).expect("old state");
+        assert_eq!(restored.last_renewal_at, 0);
+        let mut replayed = state(4, "db2");
+        replayed.last_renewal_at = 90;
+        let renew = Command::Renew {
+            node: "db2".into(),
+            epoch: 4,
+        };
+        for (decided_at, renewal_between) in [(100, false), (100, true)] {
+            let mut nodes = [Log::of(restored.clone()), Log::of(replayed.clone())];
+            let mut outcomes = Vec::new();
+            for n in &mut nodes {
+                if renewal_between {
+                    n.apply(&renew);
+                }
+                outcomes.push(n.apply(&Command::Promote {
+                    expected_epoch: 4,
+                    decided_at: Some(decided_at),
+                    record: record("db2", "db3"),
+                }));
+            }
+            assert_eq!(outcomes[0], outcomes[1], "decided at {decided_at}");
+            assert!(nodes[0].state.same_record(&nodes[1].state));
+            assert_eq!(outcomes[0] == Outcome::Granted, !renewal_between);
+        }
+    }
+
+    #[test]
+    fn a_promotion_written_before_the_check_replays_as_applied() {
+        // An old log entry has no decision index: deserialized as None, not checked.
         let old = r#"{"Promote":{"expected_epoch":1,"record":{"from":"db1","to":"db2","epoch":0,"at_unix_ms":0,"detected_after_ms":0,"fencing":"lease expired","gtid":""}}}"#;
         let cmd: Command = serde_json::from_str(old).expect("old entry");
         let mut s = state(1, "db1");
-        s.renewals = 12;
-        assert_eq!(s.apply(&cmd), Outcome::Granted);
-        let old_state = r#"{"epoch":2,"primary":"db2","last_failover":null}"#;
-        let st: ClusterState = serde_json::from_str(old_state).expect("old state");
-        assert_eq!(st.renewals, 0);
+        s.last_renewal_at = 1_000;
+        assert_eq!(s.apply(1_001, &cmd), Outcome::Granted);
     }
 
     #[test]

@@ -451,7 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match e.payload {
                     EntryPayload::Blank => out.push(Outcome::Granted),
                     EntryPayload::Normal(cmd) => {
-                        let r = d.state.apply(&cmd);
+                        let r = d.state.apply(e.log_id.index, &cmd);
                         let ok = r == Outcome::Granted;
                         granted |= ok;
                         live |= ok && e.log_id.index > self.start_index;

@@ -30,9 +30,10 @@ pub(crate) async fn pump(from: impl AsyncRead + Unpin, log: Arc<Mutex<RotatingLo
                     line.push(b'\n');
                 }
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                // The node's output is always read (a pipe left full would block the
+                // node); what cannot be written is said, not retried.
                 if let Err(e) = log.write_line(&line) {
                     println!("hastack: writing {}: {e}", log.path().display());
-                    return;
                 }
             }
         }

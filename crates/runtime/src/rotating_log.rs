@@ -47,10 +47,17 @@ impl RotatingLog {
                 Err(e) => return Err(e),
             }
         }
-        if self.keep == 0 {
-            std::fs::remove_file(&self.path)?;
+        // The file may be gone already (an operator removed it to free the disk):
+        // then there is nothing to keep, and a new one begins.
+        let moved = if self.keep == 0 {
+            std::fs::remove_file(&self.path)
         } else {
-            std::fs::rename(&self.path, self.rotated(1))?;
+            std::fs::rename(&self.path, self.rotated(1))
+        };
+        match moved {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         *self = RotatingLog::open(&self.path, self.max, self.keep)?;
         Ok(())
@@ -62,15 +69,22 @@ impl RotatingLog {
     }
 
     /// Appends one line (with its newline), or several whole ones, rotating first if
-    /// they would not fit: a line is never split across files.
+    /// they would not fit: a line is never split across files. A rotation that fails
+    /// (a full or read-only directory) does not stop the log: the lines go to the
+    /// current file, the next attempt waits for another `max` bytes, and the error is
+    /// returned once the lines are written.
     pub fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         let len = line.len() as u64;
+        let mut rotation = Ok(());
         if self.size > 0 && self.size + len > self.max {
-            self.rotate()?;
+            rotation = self.rotate();
+            if rotation.is_err() {
+                self.size = 0;
+            }
         }
         self.file.write_all(line)?;
         self.size += len;
-        Ok(())
+        rotation
     }
 }
 
@@ -114,5 +128,27 @@ mod tests {
             "a line longer than the limit has a file to itself"
         );
         assert_eq!(read(dir.path().join("db1.log.1")), "abcdef\n");
+    }
+
+    #[test]
+    fn a_removed_log_starts_anew_and_a_failed_rotation_keeps_the_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("web1-access.log");
+        let mut log = RotatingLog::open(&path, 20, 2).expect("open");
+        log.write_line(b"first line ....\n").expect("write");
+        std::fs::remove_file(&path).expect("an operator removes the file");
+        log.write_line(b"second line ...\n")
+            .expect("rotating a removed file");
+        assert_eq!(read(path.clone()), "second line ...\n");
+        // A rotation that cannot happen (as in a read-only directory; simulated by
+        // non-empty directories where the old files must go) still writes the line.
+        for old in ["web1-access.log.1", "web1-access.log.2"] {
+            std::fs::create_dir_all(dir.path().join(old).join("x")).expect("dir");
+        }
+        assert!(log.write_line(b"third line ....\n").is_err());
+        assert!(read(path.clone()).ends_with("third line ....\n"));
+        // It does not try again at every line.
+        log.write_line(b"4\n").expect("no rotation yet");
+        assert!(read(path).ends_with("4\n"));
     }
 }

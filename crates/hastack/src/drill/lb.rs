@@ -80,7 +80,13 @@ pub(super) fn run(ctx: &Ctx, faults: Option<Vec<Fault>>) -> anyhow::Result<Vec<F
     }
     let mut rows = Vec::new();
     for fault in faults {
-        rows.push(one(ctx, fault)?);
+        // A fault that cannot run to its end is a failed row; the next still runs.
+        rows.push(one(ctx, fault).unwrap_or_else(|e| {
+            ctx.say(format!("lb-failover: {e:#}"));
+            let mut f = Figures::failed("lb-failover", &e);
+            f.fault = format!("{fault:?}").to_lowercase();
+            f
+        }));
     }
     Ok(rows)
 }
@@ -125,11 +131,12 @@ fn one(ctx: &Ctx, fault: Fault) -> anyhow::Result<Figures> {
         .and_then(|s| s.lb().map(str::to_string));
     // The master comes back and, with a higher priority, takes the VIP again.
     let t1 = Instant::now();
-    match fault {
-        Fault::Link => link(ns.as_deref().context("the master's namespace")?, true)?,
-        _ => drop(ctx.order("start", &master)?),
-    }
-    let returned = load.wait_steady(t1, Duration::from_secs(1), WAIT, |lb| lb == master);
+    let back = match fault {
+        Fault::Link => link(ns.as_deref().context("the master's namespace")?, true),
+        _ => ctx.order("start", &master).map(drop),
+    };
+    let returned =
+        back.is_ok() && load.wait_steady(t1, Duration::from_secs(1), WAIT, |lb| lb == master);
     let traffic = load.finish();
     let return_failed_requests = traffic
         .samples
@@ -138,6 +145,9 @@ fn one(ctx: &Ctx, fault: Fault) -> anyhow::Result<Figures> {
         .count();
     let holders_after = vip_holders(ctx, &ctx.status()?);
     let mut f = Figures::of("lb-failover", fault.describe(&master), &traffic, t0, t1);
+    if let Err(e) = &back {
+        f.check(false, format!("bringing {master} back: {e:#}"));
+    }
     f.check(
         took_over,
         format!("no other lb answered steadily within {WAIT:?}"),

@@ -42,8 +42,19 @@ pub(super) struct Sample {
     pub(super) ok: bool,
     /// `X-Served-By` of its answer: `lb1, web2, app1`.
     pub(super) served_by: Option<String>,
-    /// Whether it was a write (`POST`).
-    pub(super) write: bool,
+    /// What it was.
+    pub(super) kind: Kind,
+}
+
+/// What a request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// The reader's `GET /api/posts?limit=5`: served by any replica.
+    Read,
+    /// The writer's `POST /api/posts`.
+    Write,
+    /// The writer's `GET /api/posts/ID` right after its post was acknowledged.
+    ReadBack,
 }
 
 impl Sample {
@@ -79,6 +90,8 @@ pub(super) struct Verified {
     pub(super) acknowledged: u64,
     /// Acknowledged writes not found by id afterwards: their keys.
     pub(super) lost: Vec<String>,
+    /// Acknowledged writes that could not be read back (the site did not answer).
+    pub(super) unverified: u64,
     /// Posts not found right after their acknowledgement.
     pub(super) read_your_writes_misses: u64,
     /// Every request the clients sent.
@@ -215,9 +228,25 @@ async fn clients(
     let _ = writer.await;
     let acked = lock(&shared.acked).clone();
     let mut lost = Vec::new();
+    let mut unverified = 0u64;
+    // A site that stopped answering is not asked hundreds of times more: after a few
+    // unanswered read-backs in a row the rest are counted unverified.
+    let mut unanswered = 0;
     for (key, id) in &acked {
-        if !read_back(vip, &host, *id, key).await {
-            lost.push(key.clone());
+        if unanswered >= GIVE_UP_AFTER {
+            unverified += 1;
+            continue;
+        }
+        match read_back(vip, &host, *id, key).await {
+            Stored::Yes => unanswered = 0,
+            Stored::No => {
+                unanswered = 0;
+                lost.push(key.clone());
+            }
+            Stored::Unknown => {
+                unanswered += 1;
+                unverified += 1;
+            }
         }
     }
     let mut samples = std::mem::take(&mut *lock(&shared.samples));
@@ -225,6 +254,7 @@ async fn clients(
     Verified {
         acknowledged: acked.len() as u64,
         lost,
+        unverified,
         read_your_writes_misses: shared.read_your_writes_misses.load(Ordering::Relaxed),
         samples,
         tag,
@@ -233,8 +263,10 @@ async fn clients(
 }
 
 /// One request, recorded.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     shared: &Shared,
+    kind: Kind,
     vip: SocketAddr,
     host: &str,
     method: &str,
@@ -256,7 +288,7 @@ async fn send(
         took,
         ok,
         served_by,
-        write: method == "POST",
+        kind,
     });
     body.filter(|_| ok)
 }
@@ -266,7 +298,17 @@ async fn reader(shared: Arc<Shared>, vip: SocketAddr, host: String, stop: watch:
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
         tick.tick().await;
-        send(&shared, vip, &host, "GET", "/api/posts?limit=5", &[], "").await;
+        send(
+            &shared,
+            Kind::Read,
+            vip,
+            &host,
+            "GET",
+            "/api/posts?limit=5",
+            &[],
+            "",
+        )
+        .await;
     }
 }
 
@@ -287,7 +329,17 @@ async fn writer(
             ("idempotency-key", key.as_str()),
         ];
         while !*stop.borrow() {
-            let answer = send(&shared, vip, &host, "POST", "/api/posts", &headers, &body).await;
+            let answer = send(
+                &shared,
+                Kind::Write,
+                vip,
+                &host,
+                "POST",
+                "/api/posts",
+                &headers,
+                &body,
+            )
+            .await;
             let id = answer.and_then(|b| {
                 serde_json::from_str::<serde_json::Value>(&b)
                     .ok()
@@ -298,6 +350,7 @@ async fn writer(
                 // Read your write, at once, through the VIP.
                 let back = send(
                     &shared,
+                    Kind::ReadBack,
                     vip,
                     &host,
                     "GET",
@@ -319,9 +372,22 @@ async fn writer(
     }
 }
 
+/// What the read-back of one acknowledged post found.
+enum Stored {
+    /// There, with its body.
+    Yes,
+    /// Not there (404), or another body.
+    No,
+    /// No answer.
+    Unknown,
+}
+
+/// Consecutive unanswered read-backs after which the rest are not asked.
+const GIVE_UP_AFTER: u32 = 5;
+
 /// Whether post `id` holds `key`, asked through the VIP (three tries: the stack has
 /// just been through a drill).
-async fn read_back(vip: SocketAddr, host: &str, id: i64, key: &str) -> bool {
+async fn read_back(vip: SocketAddr, host: &str, id: i64, key: &str) -> Stored {
     for _ in 0..3 {
         let r = http_get::request(
             vip,
@@ -333,10 +399,10 @@ async fn read_back(vip: SocketAddr, host: &str, id: i64, key: &str) -> bool {
         )
         .await;
         match r {
-            Ok(a) if a.status == 200 => return a.body.contains(key),
-            Ok(a) if a.status == 404 => return false,
+            Ok(a) if a.status == 200 && a.body.contains(key) => return Stored::Yes,
+            Ok(a) if a.status == 200 || a.status == 404 => return Stored::No,
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    false
+    Stored::Unknown
 }

@@ -105,9 +105,11 @@ impl Figures {
         let during: Vec<&load::Sample> = after.iter().copied().filter(|s| s.at < until).collect();
         // Reads and writes each: a write waiting for a new primary is an outage for
         // whoever posts, though reads go on.
-        let (reads, writes): (Vec<&load::Sample>, Vec<&load::Sample>) =
-            during.iter().partition(|s| !s.write);
-        let outage = match (outage(&reads, at), outage(&writes, at)) {
+        let of = |kind| -> Vec<&load::Sample> {
+            during.iter().copied().filter(|s| s.kind == kind).collect()
+        };
+        let (reads, writes) = (of(load::Kind::Read), of(load::Kind::Write));
+        let outage = match (outage(&reads, at, until), outage(&writes, at, until)) {
             (Some(r), Some(w)) => Some(r.max(w)),
             _ => None,
         };
@@ -120,6 +122,12 @@ impl Figures {
                 "{} acknowledged writes lost (e.g. {})",
                 traffic.lost.len(),
                 traffic.lost[0]
+            ));
+        }
+        if traffic.unverified > 0 {
+            problems.push(format!(
+                "{} acknowledged writes could not be read back (the site did not answer)",
+                traffic.unverified
             ));
         }
         if traffic.acknowledged == 0 {
@@ -146,6 +154,24 @@ impl Figures {
         }
     }
 
+    /// The row of a drill that could not run to its end.
+    fn failed(drill: &'static str, error: &anyhow::Error) -> Figures {
+        Figures {
+            drill,
+            fault: "-".into(),
+            outage_s: None,
+            requests: 0,
+            failed_requests: 0,
+            slowest_request_s: 0.0,
+            writes_acknowledged: 0,
+            writes_lost: 0,
+            read_your_writes_misses: 0,
+            passed: false,
+            problems: vec![format!("{error:#}")],
+            details: serde_json::Value::Null,
+        }
+    }
+
     /// Adds a check of the drill's own: `problem` when it does not hold.
     fn check(&mut self, holds: bool, problem: impl Into<String>) {
         if !holds {
@@ -161,19 +187,21 @@ impl Figures {
     }
 }
 
-/// The longest time from the fault at `t0` in which no request of `samples` (sent
-/// from `t0` on, in order) got a successful answer: the gaps between successive
-/// successful answers, the first from `t0`. `None` when no request succeeded after the
-/// last failed one.
-fn outage(samples: &[&load::Sample], t0: Instant) -> Option<Duration> {
+/// The longest time from the fault at `t0` until `until` in which no request of
+/// `samples` (sent from `t0` on, in order) got a successful answer: the gaps between
+/// successive successful answers, the first from `t0`. Only answers before `until`
+/// count (one that came because the part was back is not a recovery). `None` when no
+/// request sent after the last failed one was answered successfully before `until`.
+fn outage(samples: &[&load::Sample], t0: Instant, until: Instant) -> Option<Duration> {
+    let answered_in_time = |s: &load::Sample| s.ok && s.at + s.took <= until;
     if let Some(i) = samples.iter().rposition(|s| !s.ok)
-        && !samples[i + 1..].iter().any(|s| s.ok)
+        && !samples[i + 1..].iter().any(|s| answered_in_time(s))
     {
         return None;
     }
     let mut answered: Vec<Instant> = samples
         .iter()
-        .filter(|s| s.ok)
+        .filter(|s| answered_in_time(s))
         .map(|s| s.at + s.took)
         .collect();
     answered.sort();
@@ -267,28 +295,35 @@ impl Ctx {
 pub(crate) fn run(topo: &Topology, which: Which, json: bool) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::new(topo, json)?;
     let mut rows = Vec::new();
+    // A drill that cannot run to its end is a failed row; the others still run.
+    let mut record = |drill: &'static str, r: anyhow::Result<Vec<Figures>>| match r {
+        Ok(done) => rows.extend(done),
+        Err(e) => {
+            ctx.say(format!("{drill}: {e:#}"));
+            rows.push(Figures::failed(drill, &e));
+        }
+    };
     let all = matches!(which, Which::All);
-    if let Which::Lb(faults) = &which {
-        rows.extend(lb::run(&ctx, faults.clone())?);
-    }
-    if all {
-        rows.extend(lb::run(&ctx, None)?);
+    match &which {
+        Which::Lb(faults) => record("lb-failover", lb::run(&ctx, faults.clone())),
+        Which::All => record("lb-failover", lb::run(&ctx, None)),
+        _ => {}
     }
     if matches!(which, Which::Web) || all {
-        rows.push(tier::run(&ctx, Role::Web)?);
+        record("web-failover", tier::run(&ctx, Role::Web).map(|f| vec![f]));
     }
     if matches!(which, Which::App) || all {
-        rows.push(tier::run(&ctx, Role::App)?);
+        record("app-failover", tier::run(&ctx, Role::App).map(|f| vec![f]));
     }
-    if let Which::Db { cut_replication } = which {
-        rows.push(db::run(&ctx, cut_replication)?);
-    }
-    if all {
-        if ctx.status()?.db_engine == "mariadb" {
-            rows.push(db::run(&ctx, false)?);
-        } else {
-            ctx.say("db-failover: skipped, the stack runs on SQLite (install mariadb-server for the MariaDB tier)");
+    match which {
+        Which::Db { cut_replication } => {
+            record("db-failover", db::run(&ctx, cut_replication).map(|f| vec![f]))
         }
+        Which::All if ctx.status()?.db_engine != "mariadb" => ctx.say(
+            "db-failover: skipped, the stack runs on SQLite (install mariadb-server for the MariaDB tier)",
+        ),
+        Which::All => record("db-failover", db::run(&ctx, false).map(|f| vec![f])),
+        _ => {}
     }
     let passed = rows.iter().all(|r| r.passed);
     if json {
@@ -348,12 +383,16 @@ mod tests {
             took: Duration::from_millis(took_ms),
             ok,
             served_by: ok.then(|| "lb2, web1, app1".to_string()),
-            write: false,
+            kind: load::Kind::Read,
         }
     }
 
     fn outage_of(samples: &[load::Sample], t0: Instant) -> Option<Duration> {
-        outage(&samples.iter().collect::<Vec<_>>(), t0)
+        outage(
+            &samples.iter().collect::<Vec<_>>(),
+            t0,
+            t0 + Duration::from_secs(60),
+        )
     }
 
     #[test]
@@ -385,14 +424,33 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_came_only_after_the_part_was_back_is_no_recovery() {
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(3);
+        // Failures until the end of the fault; one request sent before the end was
+        // answered after it.
+        let s = [
+            sample(t0, 10, false),
+            sample(t0, 2900, false),
+            timed(t0, 2950, 500, true),
+        ];
+        let refs: Vec<&load::Sample> = s.iter().collect();
+        assert_eq!(outage(&refs, t0, until), None);
+        assert_eq!(
+            outage(&refs, t0, until + Duration::from_secs(1)),
+            Some(Duration::from_millis(3450))
+        );
+    }
+
+    #[test]
     fn a_write_waiting_for_a_new_primary_is_an_outage_though_reads_go_on() {
         let t0 = Instant::now();
         let mut samples: Vec<load::Sample> = (0..50).map(|i| sample(t0, i * 20, true)).collect();
         let mut write = timed(t0, 5, 1500, true);
-        write.write = true;
+        write.kind = load::Kind::Write;
         samples.push(write);
         let mut after = timed(t0, 1530, 3, true);
-        after.write = true;
+        after.kind = load::Kind::Write;
         samples.push(after);
         samples.sort_by_key(|s| s.at);
         let traffic = load::Verified {
@@ -419,7 +477,7 @@ mod tests {
             took: Duration::from_millis(400),
             ok: false,
             served_by: None,
-            write: true,
+            kind: load::Kind::Write,
         };
         // Sent before the fault, answered after it: the fault's.
         let in_flight = timed(t0 - Duration::from_millis(10), 0, 700, true);
@@ -434,10 +492,8 @@ mod tests {
         let traffic = load::Verified {
             acknowledged: 10,
             lost: vec!["k-3".into()],
-            read_your_writes_misses: 0,
             samples,
-            tag: "k".into(),
-            acked_keys: Vec::new(),
+            ..Default::default()
         };
         let f = Figures::of(
             "web-failover",

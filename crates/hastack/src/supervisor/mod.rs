@@ -423,12 +423,12 @@ impl Supervisor {
     /// Stops every running node, tier by tier from the top.
     async fn stop_all(self: &Arc<Self>) {
         for role in [Role::Dns, Role::Lb, Role::Web, Role::App, Role::Db] {
+            // Every node of the tier, not only those shown alive: a `start` queued
+            // before this is carried out first, and its node stopped after.
             let mut set = JoinSet::new();
-            for h in &self.nodes {
-                if h.node.role == role && h.view().state.alive() {
-                    let h = h.clone();
-                    set.spawn(async move { h.stop(Stop::Graceful).await });
-                }
+            for h in self.nodes.iter().filter(|h| h.node.role == role) {
+                let h = h.clone();
+                set.spawn(async move { h.shut_down().await });
             }
             while let Some(r) = set.join_next().await {
                 if let Ok(Err(e)) = r {

@@ -54,8 +54,13 @@ impl Launch {
 enum Command {
     /// Spawn the node and answer once it is ready (how long that took) or failed.
     Start(oneshot::Sender<Result<Duration, String>>),
-    /// Stop it and answer once its process has exited.
-    Stop(Stop, oneshot::Sender<Result<String, String>>),
+    /// Stop it and answer once its process has exited. `quiet`: a node that is not
+    /// running is no error (the supervisor shutting down).
+    Stop {
+        how: Stop,
+        quiet: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// The supervisor's side of one node.
@@ -104,8 +109,23 @@ impl NodeHandle {
 
     /// Stops the node and waits until its process has exited.
     pub(super) async fn stop(&self, how: Stop) -> Result<String, String> {
+        self.stop_with(how, false).await
+    }
+
+    /// Stops the node if it runs (or is about to: the command queues behind a `Start`
+    /// sent before it), for the supervisor's shutdown.
+    pub(super) async fn shut_down(&self) -> Result<String, String> {
+        self.stop_with(Stop::Graceful, true).await
+    }
+
+    async fn stop_with(&self, how: Stop, quiet: bool) -> Result<String, String> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Stop(how, tx)).await?;
+        self.send(Command::Stop {
+            how,
+            quiet,
+            reply: tx,
+        })
+        .await?;
         rx.await.map_err(|_| self.gone())?
     }
 
@@ -161,7 +181,7 @@ impl Task {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Start(reply)) => self.start(reply),
-                    Some(Command::Stop(how, reply)) => self.stop(how, reply),
+                    Some(Command::Stop { how, quiet, reply }) => self.stop(how, quiet, reply),
                     // The supervisor is gone; its process ending takes the child
                     // (PR_SET_PDEATHSIG).
                     None => return,
@@ -183,8 +203,17 @@ impl Task {
 
     fn start(&mut self, reply: oneshot::Sender<Result<Duration, String>>) {
         if let Some(s) = &mut self.starting {
-            // Already starting: wait with the others.
-            s.waiters.push(reply);
+            if Instant::now() > s.deadline {
+                let _ = reply.send(Err(format!(
+                    "{} is still starting: not ready within {:?} (last: {})",
+                    self.node.name,
+                    deadlines::ready(self.node.role),
+                    s.last
+                )));
+            } else {
+                // Already starting: wait with the others.
+                s.waiters.push(reply);
+            }
             return;
         }
         if let Err(why) = self.lifecycle.may_start() {
@@ -312,13 +341,17 @@ impl Task {
         self.probe = Some(probe(self.launch.admin, every));
     }
 
-    fn stop(&mut self, how: Stop, reply: oneshot::Sender<Result<String, String>>) {
+    fn stop(&mut self, how: Stop, quiet: bool, reply: oneshot::Sender<Result<String, String>>) {
         let verb = match how {
             Stop::Kill => "killed",
             Stop::Graceful => "stopped",
         };
         let pid = match self.lifecycle.stop(how) {
             Ok(pid) => Pid::from_raw(pid),
+            Err(_) if quiet && self.stopping.is_none() => {
+                let _ = reply.send(Ok(String::new()));
+                return;
+            }
             Err(why) => {
                 let _ = reply.send(Err(format!("{} {why}", self.name())));
                 return;
@@ -332,8 +365,12 @@ impl Task {
         self.publish();
         // Whoever waited for it to start learns it will not.
         if let Some(s) = self.starting.take() {
+            let why = match how {
+                Stop::Kill => format!("{} was killed while starting", self.node.name),
+                Stop::Graceful => format!("{} is being stopped", self.node.name),
+            };
             for w in s.waiters {
-                let _ = w.send(Err(format!("{} is {}", self.node.name, verb)));
+                let _ = w.send(Err(why.clone()));
             }
         }
         self.probe = None;
@@ -341,10 +378,16 @@ impl Task {
         match &mut self.stopping {
             Some(s) => {
                 s.waiters.push(reply);
+                let soon = tokio::time::Instant::now() + Duration::from_secs(10);
                 if how == Stop::Kill {
                     s.verb = verb;
                     s.escalated = true;
-                    s.next = tokio::time::Instant::now() + Duration::from_secs(10);
+                    s.next = soon;
+                } else if s.escalated {
+                    // Already SIGKILLed (and perhaps given up on): kill again and answer
+                    // this waiter within 10 s too, not at the old, far deadline.
+                    let _ = kill(s.pid, Signal::SIGKILL);
+                    s.next = s.next.min(soon);
                 }
             }
             None => {
