@@ -93,8 +93,21 @@ fn command(
     node: &str,
     source: Option<String>,
 ) -> anyhow::Result<ExitCode> {
+    let message = order(&target(config)?, cmd, node, source)?;
+    println!("{}", if message.is_empty() { "ok" } else { &message });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Has the supervisor of `state_dir` carry out `cmd` on `node`: its message, or its
+/// error.
+pub(crate) fn order(
+    state_dir: &Path,
+    cmd: &str,
+    node: &str,
+    source: Option<String>,
+) -> anyhow::Result<String> {
     let resp = send(
-        &target(config)?,
+        state_dir,
         &Request {
             cmd: cmd.into(),
             node: node.into(),
@@ -102,8 +115,7 @@ fn command(
         },
     )?;
     if resp.ok {
-        println!("{}", resp.message.unwrap_or_else(|| "ok".into()));
-        Ok(ExitCode::SUCCESS)
+        Ok(resp.message.unwrap_or_default())
     } else {
         anyhow::bail!("{}", resp.error.unwrap_or_else(|| "failed".into()))
     }

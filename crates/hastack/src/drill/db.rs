@@ -27,8 +27,9 @@ use tokio::sync::watch;
 use hastack_config::Role;
 use hastack_status::health::{DbHealth, Health};
 
+use super::lock;
 use super::{Ctx, Figures};
-use crate::control::{self, Request};
+use crate::control;
 
 /// What the drill found beside the common figures.
 #[derive(Debug, Serialize)]
@@ -51,27 +52,23 @@ struct Details {
     gtid_positions: HashMap<String, String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn control(state_dir: PathBuf, cmd: &str, node: &str) -> anyhow::Result<control::Response> {
-    let req = Request {
-        cmd: cmd.into(),
-        node: node.into(),
-        source: None,
-    };
-    tokio::task::spawn_blocking(move || control::send(&state_dir, &req))
+/// `control::order` off the drill's thread, whose watcher must not stall.
+async fn order(state_dir: PathBuf, cmd: &'static str, node: String) -> anyhow::Result<String> {
+    let what = format!("{cmd} {node}");
+    tokio::task::spawn_blocking(move || control::order(&state_dir, cmd, &node, None))
         .await
         .context("control request")?
+        .context(what)
 }
 
 /// A db node's name and what its `/healthz` says (`None`: it does not answer).
 type DbNode = (String, Option<DbHealth>);
 
 async fn db_nodes(state_dir: &std::path::Path) -> anyhow::Result<Vec<DbNode>> {
-    let resp = control(state_dir.to_path_buf(), "status", "").await?;
-    let status = resp.status.context("no status from the supervisor")?;
+    let dir = state_dir.to_path_buf();
+    let status = tokio::task::spawn_blocking(move || control::fetch_status(&dir))
+        .await
+        .context("control request")??;
     if status.db_engine != "mariadb" {
         bail!(
             "the stack runs on {}: the db-failover drill needs the MariaDB tier (install mariadb-server)",
@@ -219,10 +216,7 @@ async fn drill(
     }
     ctx.say(format!("db-failover: killing {old} (SIGKILL)"));
     let fault = Instant::now();
-    let killed = control(state_dir.clone(), "kill", &old).await?;
-    if !killed.ok {
-        bail!("kill {old}: {}", killed.error.unwrap_or_default());
-    }
+    order(state_dir.clone(), "kill", old.clone()).await?;
     let mut new_primary = None;
     while fault.elapsed() < Duration::from_secs(30) {
         let nodes = db_nodes(&state_dir).await?;
@@ -251,12 +245,8 @@ async fn drill(
 
     ctx.say(format!("db-failover: starting {old} again"));
     let started = Instant::now();
-    let resp = control(state_dir.clone(), "start", &old).await?;
-    if !resp.ok {
-        ctx.say(format!(
-            "db-failover: start {old}: {}",
-            resp.error.unwrap_or_default()
-        ));
+    if let Err(e) = order(state_dir.clone(), "start", old.clone()).await {
+        ctx.say(format!("db-failover: {e:#}"));
     }
     // A replica again: replicating from the primary, both threads running (under
     // traffic, so its position is a moving target: compared once the traffic ends).

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::watch;
 
+use super::lock;
 use crate::http_get;
 
 /// How often each client sends a request.
@@ -70,10 +71,6 @@ struct Shared {
     /// Acknowledged writes: idempotency key and the post's id.
     acked: Mutex<Vec<(String, i64)>>,
     read_your_writes_misses: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The traffic of a drill, running.

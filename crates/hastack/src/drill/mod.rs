@@ -29,12 +29,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::Context;
 use serde::Serialize;
 
 use hastack_config::{Role, Topology};
 
-use crate::control::{self, Request, StatusReport};
+use crate::control::{self, StatusReport};
 
 pub(crate) use lb::Fault;
 
@@ -272,23 +272,12 @@ impl Ctx {
 
     /// Sends `cmd node` to the supervisor; an error unless it was carried out.
     fn order(&self, cmd: &str, node: &str) -> anyhow::Result<String> {
-        let resp = control::send(
-            &self.state_dir,
-            &Request {
-                cmd: cmd.into(),
-                node: node.into(),
-                source: None,
-            },
-        )?;
-        if resp.ok {
-            Ok(resp.message.unwrap_or_default())
-        } else {
-            bail!(
-                "{cmd} {node}: {}",
-                resp.error.unwrap_or_else(|| "failed".into())
-            )
-        }
+        control::order(&self.state_dir, cmd, node, None).with_context(|| format!("{cmd} {node}"))
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `which` on the stack of `topo`; exit status 0 when every drill passed.

@@ -25,13 +25,13 @@ use tokio::task::JoinHandle;
 
 use hastack_config::{Node, Role};
 
-use super::lifecycle::{Lifecycle, State, Stop, View};
+use super::lifecycle::{Lifecycle, Stop, View};
 use crate::deadlines;
 use crate::http_get;
 use crate::logs;
 
 /// Everything needed to spawn `hastack node NAME`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Launch {
     pub(super) exe: PathBuf,
     pub(super) config_path: PathBuf,
@@ -78,7 +78,7 @@ impl NodeHandle {
         let (publish, view) = watch::channel(Lifecycle::default().view().clone());
         let task = Task {
             node: node.clone(),
-            launch: Arc::new(launch),
+            launch,
             lifecycle: Lifecycle::default(),
             publish,
             child: None,
@@ -160,7 +160,7 @@ type Probe = Pin<Box<dyn Future<Output = Result<(u16, String), String>> + Send>>
 
 struct Task {
     node: Node,
-    launch: Arc<Launch>,
+    launch: Launch,
     lifecycle: Lifecycle,
     publish: watch::Sender<View>,
     child: Option<Child>,
@@ -170,8 +170,8 @@ struct Task {
     stopping: Option<Stopping>,
 }
 
-/// After this many probes fail fast, the probe slows down (a node past its deadline is
-/// still watched, so that it shows running if it ever answers).
+/// How often a starting node's `/healthz` is asked; past its ready deadline, slower (it
+/// is still watched, so that it shows running if it ever answers).
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 const PROBE_SLOW: Duration = Duration::from_secs(1);
 
@@ -467,7 +467,6 @@ impl Task {
                 let _ = w.send(Ok(msg.clone()));
             }
         }
-        debug_assert!(!matches!(self.lifecycle.view().state, State::Starting));
     }
 }
 
