@@ -29,6 +29,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hastack_tls::pki::Pki;
+
 use hastack_config::{
     AccessLogFormat, Balance, CheckKind, HashOn, Mode, Node, Role, TlsMode, Topology,
 };
@@ -255,44 +257,19 @@ fn secs_ceil(d: Duration) -> u64 {
 
 /// Centiseconds as seconds, as keepalived's `advert_int` takes them (`5` → `0.05`).
 fn centis(cs: u16) -> String {
-    let (s, frac) = (cs / 100, cs % 100);
-    match frac {
-        0 => s.to_string(),
-        f if f % 10 == 0 => format!("{s}.{}", f / 10),
-        f => format!("{s}.{f:02}"),
-    }
+    decimal_secs(Duration::from_millis(u64::from(cs) * 10))
 }
 
-/// The internal CA's files (`hastack pki init` writes them).
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn of(topo: &Topology) -> Pki {
-        Pki {
-            dir: topo.state_dir.join("pki"),
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-
-    fn node_cert(&self, node: &Node) -> PathBuf {
-        self.dir.join("nodes").join(format!("{}.crt", node.name))
-    }
-
-    fn node_key(&self, node: &Node) -> PathBuf {
-        self.dir.join("nodes").join(format!("{}.key", node.name))
-    }
-
-    fn site_cert(&self) -> PathBuf {
-        self.dir.join("site.crt")
-    }
-
-    fn site_key(&self) -> PathBuf {
-        self.dir.join("site.key")
+/// A duration in seconds with no trailing zeros (`2500 ms` → `2.5`), as keepalived's
+/// times are written.
+fn decimal_secs(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        (ms / 1000).to_string()
+    } else {
+        format!("{}.{:03}", ms / 1000, ms % 1000)
+            .trim_end_matches('0')
+            .to_string()
     }
 }
 
@@ -300,8 +277,8 @@ impl Pki {
 /// CA's for the site.
 fn site_certificates(topo: &Topology) -> Vec<(PathBuf, PathBuf)> {
     if topo.tls.certificates.is_empty() {
-        let pki = Pki::of(topo);
-        vec![(pki.site_cert(), pki.site_key())]
+        let pki = Pki::new(&topo.state_dir);
+        vec![(pki.cert("site"), pki.key("site"))]
     } else {
         topo.tls
             .certificates
@@ -324,7 +301,7 @@ fn certificates_note(c: &mut Conf, topo: &Topology, what: &str) {
         &format!(
             "{what} reads the certificates of the internal CA in {}: `hastack pki init` \
              writes them (the same files hastack's nodes use).",
-            Pki::of(topo).dir.display()
+            Pki::new(&topo.state_dir).dir().display()
         ),
     );
 }
@@ -343,7 +320,7 @@ fn proxy_timeouts() -> (Duration, Duration) {
 pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError> {
     let lb = node_of(topo, Target::Haproxy, node)?;
     let webs: Vec<&Node> = topo.tier(Role::Web).collect();
-    let pki = Pki::of(topo);
+    let pki = Pki::new(&topo.state_dir);
     let l = &topo.lb;
     let http = &topo.http;
     let terminate = topo
@@ -357,6 +334,12 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
     let uses_crt = terminate.is_some() || internal;
     let lb_dir = topo.state_dir.join("lb");
     let fronts = !l.front_proxies.is_empty();
+    let front_nets = l
+        .front_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut c = Conf::default();
 
     generated_by(&mut c, Target::Haproxy, topo, lb);
@@ -536,13 +519,12 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
         None => {}
     }
     if fronts {
-        let nets: Vec<String> = l.front_proxies.iter().map(|n| n.to_string()).collect();
         c.note(
             "    ",
             "[lb] front_proxies: their connections start with a PROXY header, and their \
              X-Forwarded-For and X-Forwarded-Proto are kept",
         );
-        c.l(format!("    acl from_front_proxy src {}", nets.join(" ")));
+        c.l(format!("    acl from_front_proxy src {front_nets}"));
         c.l("    tcp-request connection set-var(sess.front_proxy) bool(1) if from_front_proxy");
         c.l("    tcp-request connection expect-proxy layer4 if from_front_proxy");
         c.untranslated(
@@ -769,8 +751,8 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
         let _ = write!(
             default_server,
             " ssl verify required ca-file {} crt {}",
-            pki.ca().display(),
-            pki.node_cert(lb).display()
+            pki.ca_cert().display(),
+            pki.cert(&format!("nodes/{}", lb.name)).display()
         );
     }
     c.note(
@@ -830,14 +812,7 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
             c.l("    option tcplog");
         }
         if fronts {
-            c.l(format!(
-                "    acl from_front_proxy src {}",
-                l.front_proxies
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
+            c.l(format!("    acl from_front_proxy src {}", front_nets));
             c.l("    tcp-request connection expect-proxy layer4 if from_front_proxy");
         }
         c.l("    tcp-request inspect-delay 5s");
@@ -860,11 +835,13 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
             Balance::LeastConn => c.l("    balance leastconn"),
             Balance::Random => c.l("    balance random(2)"),
             Balance::First => c.l("    balance first"),
-            Balance::Hash if l.hash_key == HashOn::Source => {
+            // Passthrough sees no request: hastack hashes on the client's address
+            // whatever [lb] hash_key says.
+            Balance::Hash => {
                 c.l("    balance source");
                 c.l("    hash-type consistent");
             }
-            _ => c.l("    balance roundrobin"),
+            Balance::RoundRobin => c.l("    balance roundrobin"),
         }
         c.note(
             "    ",
@@ -911,7 +888,8 @@ pub(crate) fn haproxy(topo: &Topology, node: &str) -> Result<String, ExportError
 
 /// One lb node's `keepalived.conf`: its VRRP instance and the VIP.
 pub(crate) fn keepalived(topo: &Topology, node: &str) -> Result<String, ExportError> {
-    let given = node_of(topo, Target::Keepalived, node)?;
+    // The node must be an lb of the topology (a clear error otherwise).
+    node_of(topo, Target::Keepalived, node)?;
     // keepalived speaks VRRP only on a real network: a loopback topology is written as
     // it runs isolated (`hastack up --isolated`), each node on eth0 of its namespace.
     let placed;
@@ -922,7 +900,9 @@ pub(crate) fn keepalived(topo: &Topology, node: &str) -> Result<String, ExportEr
         topo
     };
     // `isolated()` keeps every node and its name, only the addresses change.
-    let lb = net_topo.node(node).unwrap_or(given);
+    let lb = net_topo
+        .node(node)
+        .expect("isolated() keeps every node and its name");
     let v = &topo.vrrp;
     let peers: Vec<&Node> = net_topo
         .tier(Role::Lb)
@@ -1033,16 +1013,9 @@ pub(crate) fn keepalived(topo: &Topology, node: &str) -> Result<String, ExportEr
     if !v.preempt {
         c.l("    nopreempt");
     } else if !v.preempt_delay.is_zero() {
-        let ms = v.preempt_delay.as_millis();
         c.l(format!(
             "    preempt_delay {}",
-            if ms.is_multiple_of(1000) {
-                (ms / 1000).to_string()
-            } else {
-                format!("{}.{:03}", ms / 1000, ms % 1000)
-                    .trim_end_matches('0')
-                    .to_string()
-            }
+            decimal_secs(v.preempt_delay)
         ));
     }
     if v.unicast {
@@ -1121,7 +1094,7 @@ const GZIP_TYPES: &str = "text/plain text/css text/javascript text/xml text/csv 
 /// One web node's `nginx.conf`.
 pub(crate) fn nginx(topo: &Topology, node: &str) -> Result<String, ExportError> {
     let web = node_of(topo, Target::Nginx, node)?;
-    let pki = Pki::of(topo);
+    let pki = Pki::new(&topo.state_dir);
     let w = &topo.web;
     let http = &topo.http;
     let internal = topo.tls.internal;
@@ -1467,15 +1440,15 @@ pub(crate) fn nginx(topo: &Topology, node: &str) -> Result<String, ExportError> 
             );
             c.l(format!(
                 "            proxy_ssl_certificate {};",
-                pki.node_cert(web).display()
+                pki.cert(&format!("nodes/{}", web.name)).display()
             ));
             c.l(format!(
                 "            proxy_ssl_certificate_key {};",
-                pki.node_key(web).display()
+                pki.key(&format!("nodes/{}", web.name)).display()
             ));
             c.l(format!(
                 "            proxy_ssl_trusted_certificate {};",
-                pki.ca().display()
+                pki.ca_cert().display()
             ));
             c.l("            proxy_ssl_protocols TLSv1.2 TLSv1.3;");
             c.l("            proxy_ssl_session_reuse on;");
@@ -1593,15 +1566,15 @@ pub(crate) fn nginx(topo: &Topology, node: &str) -> Result<String, ExportError> 
         );
         c.l(format!(
             "        ssl_certificate {};",
-            pki.node_cert(web).display()
+            pki.cert(&format!("nodes/{}", web.name)).display()
         ));
         c.l(format!(
             "        ssl_certificate_key {};",
-            pki.node_key(web).display()
+            pki.key(&format!("nodes/{}", web.name)).display()
         ));
         c.l(format!(
             "        ssl_client_certificate {};",
-            pki.ca().display()
+            pki.ca_cert().display()
         ));
         c.l("        ssl_verify_client on;");
         c.l("        ssl_protocols TLSv1.2 TLSv1.3;");

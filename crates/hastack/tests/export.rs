@@ -16,17 +16,11 @@ static NGINX_T: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The incumbent's program `name`, from Debian's package `package`.
 fn checker(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed, and this test checks what `hastack export` writes with it: \
-                 apt-get install -y {package} (scripts/test.sh installs it)"
-            )
-        })
+    common::program(
+        name,
+        package,
+        "this test checks what `hastack export` writes with it",
+    )
 }
 
 fn text(out: &Output) -> String {
@@ -305,24 +299,22 @@ fn the_incumbents_accept_the_export_of_tls_passthrough_without_internal_tls() {
 #[test]
 fn export_names_the_nodes_to_choose_from_when_the_node_is_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .args(["export", "nginx", "--node", "lb1"])
-        .current_dir(dir.path())
-        .output()
-        .expect("run hastack");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Runs `hastack ARGS`, which must fail; its stderr.
+    let fails = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("run hastack");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails(&["export", "nginx", "--node", "lb1"]);
     assert!(
         err.contains("`lb1` is a lb node of <built-in>") && err.contains("(web1, web2)"),
         "{err}"
     );
-    let out = Command::new(BIN)
-        .args(["export", "keepalived", "--node", "lb7"])
-        .current_dir(dir.path())
-        .output()
-        .expect("run hastack");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&["export", "keepalived", "--node", "lb7"]);
     assert!(
         err.contains("no node `lb7`") && err.contains("(lb1, lb2)"),
         "{err}"

@@ -94,15 +94,10 @@ fn stays(stack: &Stack, lb1: &str, lb2: &str, want: &[&str], d: Duration) {
 
 #[test]
 fn keepalived_and_hastack_share_a_virtual_router() {
-    assert!(
-        [
-            "/usr/sbin/keepalived",
-            "/usr/bin/keepalived",
-            "/sbin/keepalived"
-        ]
-        .iter()
-        .any(|p| Path::new(p).exists()),
-        "this test needs keepalived: apt-get install -y keepalived (scripts/test.sh does)"
+    common::program(
+        "keepalived",
+        "keepalived",
+        "this test runs it as the other lb's VRRP speaker",
     );
     let stack = Stack::up_isolated(|t| t);
     let (lb1, lb2) = (stack.netns("lb1"), stack.netns("lb2"));

@@ -144,14 +144,23 @@ pub fn require_isolated() {
         nix::unistd::geteuid().is_root(),
         "this test runs an isolated stack (network namespaces, nftables): run the tests as root (CI does)"
     );
-    for (prog, pkg) in [("ip", "iproute2"), ("nft", "nftables")] {
-        assert!(
-            ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-                .iter()
-                .any(|d| Path::new(d).join(prog).exists()),
-            "this test needs `{prog}`: apt-get install -y {pkg} (scripts/test.sh does)"
-        );
-    }
+    program("ip", "iproute2", "this test runs an isolated stack");
+    program("nft", "nftables", "this test runs an isolated stack");
+}
+
+/// The program `name` (on the PATH or in the sbin directories), from Debian's package
+/// `package`; fails (never skips) saying what to install, and `why` the test needs it.
+pub fn program(name: &str, package: &str, why: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not installed, and {why}: apt-get install -y {package} (scripts/test.sh installs it)"
+            )
+        })
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (a name under /run/netns):
