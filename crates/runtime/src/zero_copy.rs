@@ -119,16 +119,16 @@ impl Drop for Mapping {
 
 /// `data` as `Bytes` that a [`Socket`] sends without copying: in a sealed memfd, when
 /// it is large enough to be worth it ([`ZERO_COPY_MIN`]) and the system allows;
-/// otherwise a plain copy.
-pub fn sealed(data: &[u8]) -> Bytes {
+/// otherwise `data` itself.
+pub fn sealed(data: Bytes) -> Bytes {
     if data.len() < ZERO_COPY_MIN {
-        return Bytes::copy_from_slice(data);
+        return data;
     }
-    match seal(data) {
+    match seal(&data) {
         Ok(m) => Bytes::from_owner(m),
         Err(e) => {
             debug!(error = %e, "no sealed memfd; the file is sent by copy");
-            Bytes::copy_from_slice(data)
+            data
         }
     }
 }
@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn a_sealed_file_is_found_by_any_slice_of_it_until_dropped() {
         let data = file(100 * 1024);
-        let bytes = sealed(&data);
+        let bytes = sealed(Bytes::from(data.clone()));
         assert_eq!(&bytes[..], &data[..]);
         let (fd, at) = find(&bytes[1000..40_000]).expect("a slice of a sealed file");
         assert_eq!(at, 1000);
@@ -326,9 +326,9 @@ mod tests {
     }
 
     #[test]
-    fn a_small_file_is_a_plain_copy() {
+    fn a_small_file_is_not_sealed() {
         let data = file(1024);
-        let bytes = sealed(&data);
+        let bytes = sealed(Bytes::from(data.clone()));
         assert_eq!(&bytes[..], &data[..]);
         assert!(find(&bytes).is_none());
     }
@@ -371,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_and_a_sealed_body_arrive_whole_and_in_order_through_sendfile() {
         let body = file(4 * 1024 * 1024 + 123);
-        let sealed_body = sealed(&body);
+        let sealed_body = sealed(Bytes::from(body.clone()));
         let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 4194427\r\n\r\n");
         let trailer = Bytes::from_static(b"next answer");
         let before = bytes_sent();
@@ -390,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn a_range_of_a_sealed_file_is_sent_from_its_offset() {
         let body = file(300 * 1024);
-        let sealed_body = sealed(&body);
+        let sealed_body = sealed(Bytes::from(body.clone()));
         let got = through_socket(vec![sealed_body.slice(70_000..250_000)]).await;
         assert!(got == body[70_000..250_000], "the bytes differ");
     }

@@ -162,11 +162,7 @@ fn content_type(path: &str) -> HeaderValue {
 
 fn representation(encoding: Encoding, body: Bytes) -> Representation {
     // A large body goes out with sendfile(2) on plain connections.
-    let body = if body.len() >= hastack_runtime::zero_copy::ZERO_COPY_MIN {
-        hastack_runtime::zero_copy::sealed(&body)
-    } else {
-        body
-    };
+    let body = hastack_runtime::zero_copy::sealed(body);
     let digest = format!("{:x}", Sha256::digest(&body));
     let etag = format!("\"{:x}-{}\"", body.len(), &digest[..16]);
     Representation {
