@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
-use hastack_status::health::{AppHealth, Health, ReplicaView};
+use hastack_status::health::{AppHealth, Health};
 use hastack_tls::pki::PkiError;
 
 pub use idempotency::IdempotencyKey;
@@ -300,15 +300,7 @@ async fn health_report(store: &Store, node: &str) -> HealthReport {
             can_read: h.can_read,
             can_write: h.can_write,
             primary: h.primary,
-            replicas: h
-                .replicas
-                .into_iter()
-                .map(|r| ReplicaView {
-                    name: r.name,
-                    status: r.status,
-                    lag_s: r.lag_s,
-                })
-                .collect(),
+            replicas: h.replicas,
             problem: h.problem,
             db_tls: h.db_tls,
             traffic: store.metrics().traffic.get(),

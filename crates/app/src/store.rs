@@ -193,16 +193,8 @@ impl std::fmt::Debug for MariaDbAccount {
     }
 }
 
-/// How one db node looks from the app, for `/healthz`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ReplicaHealth {
-    /// The node.
-    pub name: String,
-    /// `"ok"` when it serves reads, else why not.
-    pub status: String,
-    /// Seconds behind the primary, when known.
-    pub lag_s: Option<u64>,
-}
+/// How one db node looks from the app: the `/healthz` document's own type.
+pub use hastack_status::health::ReplicaView as ReplicaHealth;
 
 /// What the store can do right now, for `/healthz`.
 #[derive(Debug, Clone, PartialEq, Eq)]

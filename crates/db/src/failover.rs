@@ -64,24 +64,9 @@ impl ClusterState {
     }
 }
 
-/// What a failover did, for `status` and the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailoverRecord {
-    /// The dead primary.
-    pub from: String,
-    /// The promoted replica.
-    pub to: String,
-    /// The epoch it started.
-    pub epoch: u64,
-    /// Wall-clock time of the decision, Unix milliseconds.
-    pub at_unix_ms: i64,
-    /// Time from the last lease renewal the arbiter saw to the decision.
-    pub detected_after_ms: u64,
-    /// How the old primary was kept from writing: `fenced remotely` or `lease expired`.
-    pub fencing: String,
-    /// What the promoted replica had received (GTID position).
-    pub gtid: String,
-}
+/// What a failover did: kept in the replicated record and shown as it is by `/healthz`,
+/// `status` and the dashboard (one type, so the log's JSON and the wire's keys agree).
+pub use hastack_status::health::Failover as FailoverRecord;
 
 /// A change to the record, proposed through the consensus log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

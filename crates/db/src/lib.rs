@@ -36,7 +36,7 @@ use hastack_config::{Role, Topology};
 use hastack_runtime::metrics::{FnCollector, Gather};
 use hastack_runtime::secrets::DbSecrets;
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
-use hastack_status::health::{ClusterView, DbHealth, Failover, Health};
+use hastack_status::health::{ClusterView, DbHealth, Health};
 use hastack_tls::pki::PkiError;
 use mycnf::{Accounts, Instance, Layout};
 
@@ -369,15 +369,7 @@ fn health(
             epoch: snap.cluster.epoch,
             primary: snap.cluster.primary.clone(),
             consensus_leader: snap.leader.clone(),
-            last_failover: snap.cluster.last_failover.as_ref().map(|f| Failover {
-                from: f.from.clone(),
-                to: f.to.clone(),
-                epoch: f.epoch,
-                at_unix_ms: f.at_unix_ms,
-                detected_after_ms: f.detected_after_ms,
-                fencing: f.fencing.clone(),
-                gtid: f.gtid.clone(),
-            }),
+            last_failover: snap.cluster.last_failover.clone(),
         },
     };
     HealthReport {

@@ -49,16 +49,24 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
-    /// Whether `request` asks for the NS records of the apex (and only that).
+    /// Whether `request` (a plain query: others were refused before) asks for the NS
+    /// records of the apex, and only that.
     fn asks_apex_ns(&self, request: &Request) -> bool {
         let [q] = request.queries.queries() else {
             return false;
         };
-        request.metadata.op_code == OpCode::Query
-            && q.query_type() == RecordType::NS
+        q.query_type() == RecordType::NS
             && q.query_class() == DNSClass::IN
             && *q.name() == self.apex
-            && request.edns.as_ref().is_none_or(|e| e.version() == 0)
+    }
+}
+
+/// A bare SERVFAIL header with `metadata`'s id and flags.
+fn servfail(mut metadata: Metadata) -> Header {
+    metadata.response_code = ResponseCode::ServFail;
+    Header {
+        metadata,
+        counts: HeaderCounts::default(),
     }
 }
 
@@ -79,12 +87,7 @@ async fn send<'a, R: ResponseHandler>(
         Ok(info) => info,
         Err(error) => {
             warn!(%error, "dns: cannot send an answer");
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
+            ResponseInfo::from(servfail(Metadata::response_from_request(&request.metadata)))
         }
     }
 }
@@ -204,13 +207,11 @@ impl ResponseHandler for Capture {
                 warn!(%error, id = metadata.id, "dns: cannot encode a response; SERVFAIL");
                 bytes.clear();
                 let mut encoder = BinEncoder::new(&mut bytes);
-                let mut failed =
-                    Metadata::new(metadata.id, metadata.message_type, metadata.op_code);
-                failed.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata: failed,
-                    counts: HeaderCounts::default(),
-                };
+                let header = servfail(Metadata::new(
+                    metadata.id,
+                    metadata.message_type,
+                    metadata.op_code,
+                ));
                 header
                     .emit(&mut encoder)
                     .map_err(|e| NetError::from(e.to_string()))?;

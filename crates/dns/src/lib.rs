@@ -153,21 +153,6 @@ impl Server {
         })
     }
 
-    /// The zone's name, e.g. `foobar.com.`.
-    pub fn zone(&self) -> &str {
-        &self.stats.zone
-    }
-
-    /// The zone's SOA serial.
-    pub fn serial(&self) -> u32 {
-        self.stats.serial
-    }
-
-    /// The figures now: zone, serial, queries answered, refused, rate-limited.
-    pub fn stats(&self) -> Stats {
-        self.stats.snapshot()
-    }
-
     /// A handle that reads the figures, also after [`Server::serve`] took the server.
     pub fn stats_handle(&self) -> StatsHandle {
         self.stats.clone()

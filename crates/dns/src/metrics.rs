@@ -6,7 +6,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 
 /// The response codes counted apart (every other one is `OTHER`, so the label's
 /// values are bounded).
@@ -99,7 +98,7 @@ impl Metrics {
 }
 
 /// What the DNS server has done, for the node's `/healthz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
     /// The zone served, e.g. `foobar.com.`.
     pub zone: String,

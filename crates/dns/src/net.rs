@@ -1,7 +1,7 @@
 //! The UDP and TCP loops. Hand-written rather than hickory-server's `Server`, which
 //! answers an undecodable query FORMERR itself, drops a short one without a trace
 //! and has no rate limit: here every packet is seen first, so a malformed one is
-//! counted and dropped, and the rate limit is applied before any work is done.
+//! counted and dropped, and the rate limit is applied before any answer is made.
 //!
 //! - UDP: one loop decodes, rate-limits ([`crate::limit`]), answers and sends, one
 //!   datagram at a time (the zone is in memory: an answer takes microseconds, and
@@ -44,14 +44,8 @@ const UDP_BUFFER: usize = 4096;
 
 /// Resolves once `shutdown` is true, or its sender is gone (the node is stopping).
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
+    // `wait_for` fails only when the sender is gone: stopped too.
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Decodes a query; `None` (counted) when it is not one. Responses are not queries:

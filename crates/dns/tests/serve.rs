@@ -332,7 +332,6 @@ async fn other_opcodes_are_notimp_and_other_edns_versions_badvers() {
         u16::from(ResponseCode::NotImp),
         u16::from(ResponseCode::BADVERS),
     );
-    assert_eq!(badvers, 16);
     assert_eq!(codes, [(1, notimp), (2, notimp), (3, notimp), (4, badvers)]);
     assert!(got[3].answers.is_empty());
     s.stop().await;

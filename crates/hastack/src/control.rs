@@ -76,7 +76,8 @@ pub(crate) fn send(state_dir: &Path, req: &Request) -> anyhow::Result<Response> 
         .with_context(|| format!("unreadable answer from the supervisor: {answer:?}"))
 }
 
-fn target(config: &ConfigArg) -> anyhow::Result<PathBuf> {
+/// The state directory of the stack `config` names.
+pub(crate) fn target(config: &ConfigArg) -> anyhow::Result<PathBuf> {
     let topo = crate::load(config)?;
     crate::state_dir(&topo)
 }

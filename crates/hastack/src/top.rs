@@ -17,8 +17,7 @@ use crate::control;
 
 /// Runs `top` until Ctrl-C, or for `frames` pictures.
 pub(crate) fn top(config: &ConfigArg, frames: Option<u64>) -> anyhow::Result<ExitCode> {
-    let topo = crate::load(config)?;
-    let state_dir = crate::state_dir(&topo)?;
+    let state_dir = control::target(config)?;
     let mut tracker = Tracker::new();
     let clear = frames.is_none();
     let mut n = 0;

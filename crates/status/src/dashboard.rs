@@ -304,17 +304,9 @@ mod tests {
     fn picture(at_unix_ms: i64) -> StackStatus {
         StackStatus {
             site: "www.foobar.com".into(),
-            url: String::new(),
-            https_url: None,
-            ca: None,
-            vip: String::new(),
             mode: "loopback".into(),
-            client_netns: None,
-            state_dir: String::new(),
-            db_engine: String::new(),
             at_unix_ms,
-            dashboard: None,
-            nodes: vec![],
+            ..Default::default()
         }
     }
 

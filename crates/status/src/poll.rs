@@ -59,34 +59,18 @@ pub async fn stack(topo: &Topology) -> StackStatus {
         .nodes
         .iter()
         .zip(probes)
-        .map(|(n, p)| NodeStatus {
-            name: n.name.clone(),
-            role: n.role.to_string(),
-            address: n.address.to_string(),
-            netns: None,
-            state: if p.healthy.is_some() {
-                "running".into()
+        .map(|(n, p)| {
+            let state = if p.healthy.is_some() {
+                "running"
             } else {
-                "not answering".into()
-            },
-            pid: None,
-            admin: format!("http://{}/healthz", topo.admin_addr(n)),
-            healthy: p.healthy,
-            health: p.health,
+                "not answering"
+            };
+            NodeStatus {
+                healthy: p.healthy,
+                health: p.health,
+                ..NodeStatus::of(topo, n, state.into())
+            }
         })
         .collect();
-    StackStatus {
-        site: topo.site.clone(),
-        url: topo.site_url(),
-        https_url: topo.site_https_url(),
-        ca: None,
-        vip: topo.vip.to_string(),
-        mode: topo.mode.as_str().to_string(),
-        client_netns: None,
-        state_dir: String::new(),
-        db_engine: String::new(),
-        at_unix_ms: chrono::Utc::now().timestamp_millis(),
-        dashboard: None,
-        nodes,
-    }
+    StackStatus::of(topo, nodes)
 }

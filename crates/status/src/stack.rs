@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::health::{Health, Traffic};
 
 /// The stack as one reader sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StackStatus {
     /// Site name.
     pub site: String,
@@ -63,8 +63,8 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
     /// The process as its supervisor sees it: `running`, `starting`, `stopped`,
-    /// `killed`, `exited (…)`, `not started`; `unknown` to a reader that is not the
-    /// supervisor (an lb's dashboard).
+    /// `killed`, `exited (…)`, `not started`; to a reader that is not the supervisor
+    /// (an lb's dashboard), `running` when it answers and `not answering` otherwise.
     pub state: String,
     /// Process id while it runs, when the reader is its supervisor.
     #[serde(default)]
@@ -80,6 +80,26 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
+    /// Node `n` of `topo` as the topology says it (name, role, address, admin URL),
+    /// in `state`; what a reader saw of it is set by the reader.
+    pub fn of(
+        topo: &hastack_config::Topology,
+        n: &hastack_config::Node,
+        state: String,
+    ) -> NodeStatus {
+        NodeStatus {
+            name: n.name.clone(),
+            role: n.role.to_string(),
+            address: n.address.to_string(),
+            netns: None,
+            state,
+            pid: None,
+            admin: format!("http://{}/healthz", topo.admin_addr(n)),
+            healthy: None,
+            health: None,
+        }
+    }
+
     /// `ok`, `failing`, or `-` when it did not answer.
     pub fn health_word(&self) -> &'static str {
         match self.healthy {
@@ -91,6 +111,21 @@ impl NodeStatus {
 }
 
 impl StackStatus {
+    /// The stack of `topo` with `nodes`, taken now; what only a supervisor knows (its
+    /// state directory, the database engine it chose, …) is set by the supervisor.
+    pub fn of(topo: &hastack_config::Topology, nodes: Vec<NodeStatus>) -> StackStatus {
+        StackStatus {
+            site: topo.site.clone(),
+            url: topo.site_url(),
+            https_url: topo.site_https_url(),
+            vip: topo.vip.to_string(),
+            mode: topo.mode.as_str().to_string(),
+            at_unix_ms: chrono::Utc::now().timestamp_millis(),
+            nodes,
+            ..StackStatus::default()
+        }
+    }
+
     /// The lb that holds the VIP (VRRP master), if one does.
     pub fn vip_holder(&self) -> Option<&str> {
         self.nodes.iter().find_map(|n| match &n.health {
@@ -242,14 +277,13 @@ pub fn changes(prev: &StackStatus, next: &StackStatus) -> Vec<Event> {
             _ => {}
         }
     }
-    if let (Some(before), Some(now)) = (prev.vip_holder(), next.vip_holder())
-        && before != now
-    {
-        say(now, format!("{now} took the VIP from {before}"));
-    } else if let (None, Some(now)) = (prev.vip_holder(), next.vip_holder()) {
-        say(now, format!("{now} holds the VIP"));
-    } else if let (Some(before), None) = (prev.vip_holder(), next.vip_holder()) {
-        say(before, format!("no lb holds the VIP (was {before})"));
+    match (prev.vip_holder(), next.vip_holder()) {
+        (Some(before), Some(now)) if before != now => {
+            say(now, format!("{now} took the VIP from {before}"))
+        }
+        (None, Some(now)) => say(now, format!("{now} holds the VIP")),
+        (Some(before), None) => say(before, format!("no lb holds the VIP (was {before})")),
+        _ => {}
     }
     if let Some(now) = next.db_primary()
         && prev.db_primary() != Some(now)
@@ -310,17 +344,12 @@ mod tests {
     fn at(ms: i64, nodes: Vec<NodeStatus>) -> StackStatus {
         StackStatus {
             site: "www.foobar.com".into(),
-            url: String::new(),
-            https_url: None,
-            ca: None,
             vip: "127.0.0.100".into(),
             mode: "loopback".into(),
-            client_netns: None,
-            state_dir: String::new(),
             db_engine: "sqlite".into(),
             at_unix_ms: ms,
-            dashboard: None,
             nodes,
+            ..Default::default()
         }
     }
 

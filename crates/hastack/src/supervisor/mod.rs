@@ -466,23 +466,16 @@ impl Supervisor {
             .map(|(node, view)| {
                 let h = health.remove(&node.name);
                 NodeStatus {
-                    admin: format!("http://{}/healthz", self.topo.admin_addr(node)),
                     netns: self.network.as_ref().map(|n| n.namespace(&node.name)),
-                    name: node.name.clone(),
-                    role: node.role.to_string(),
-                    address: node.address.to_string(),
-                    state: view.state.to_string(),
                     pid: view.pid,
                     // A live process that does not answer is failing, not unknown.
                     healthy: h.as_ref().map(|p| p.healthy.unwrap_or(false)),
                     health: h.and_then(|p| p.health),
+                    ..NodeStatus::of(&self.topo, node, view.state.to_string())
                 }
             })
             .collect();
         StatusReport {
-            site: self.topo.site.clone(),
-            url: self.topo.site_url(),
-            https_url: self.topo.site_https_url(),
             ca: (self.topo.https_port.is_some() && self.topo.tls.certificates.is_empty()).then(
                 || {
                     hastack_tls::pki::Pki::new(&self.state_dir)
@@ -491,8 +484,6 @@ impl Supervisor {
                         .to_string()
                 },
             ),
-            vip: self.topo.vip.to_string(),
-            mode: self.topo.mode.as_str().to_string(),
             client_netns: self.network.as_ref().map(|n| n.namespace("client")),
             state_dir: self.state_dir.display().to_string(),
             db_engine: if self.sqlite.is_some() {
@@ -500,9 +491,8 @@ impl Supervisor {
             } else {
                 "mariadb".into()
             },
-            at_unix_ms: chrono::Utc::now().timestamp_millis(),
             dashboard: self.dashboard_url.get().cloned(),
-            nodes,
+            ..StatusReport::of(&self.topo, nodes)
         }
     }
 }
