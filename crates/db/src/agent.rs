@@ -1018,13 +1018,24 @@ impl Agent {
                 }
             });
         }
-        let chosen = match failover::choose(&candidates, old) {
-            Ok(c) => c.clone(),
-            Err(e) => {
-                // Let replication go on: the old primary may come back.
+        // Nobody promoted: the replicas go on receiving from the old primary, which may
+        // come back (or, having renewed its lease, never left). Had another arbiter
+        // promoted one of them meanwhile, they are left to follow the new record.
+        let resume = || async {
+            let unchanged = {
+                let now = self.cluster.borrow();
+                now.epoch == state.epoch && now.primary.as_deref() == Some(old)
+            };
+            if unchanged {
                 for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
                     let _ = exec(pool, "START SLAVE IO_THREAD").await;
                 }
+            }
+        };
+        let chosen = match failover::choose(&candidates, old) {
+            Ok(c) => c.clone(),
+            Err(e) => {
+                resume().await;
                 return Err(e.to_string());
             }
         };
@@ -1050,21 +1061,17 @@ impl Agent {
         .await
         {
             Ok(Outcome::Granted) => Ok(chosen.name),
+            // Refused (the primary renewed, or another promotion came first) or not
+            // decided (no leader, a timeout): if the record still names the old
+            // primary, nobody was promoted.
             Ok(Outcome::Refused(why)) => {
-                // Still the same primary (it renewed): the replicas go on receiving from
-                // it. Had another arbiter promoted one of them, it is left alone.
-                let same = {
-                    let now = self.cluster.borrow();
-                    now.epoch == state.epoch && now.primary.as_deref() == Some(old)
-                };
-                if same {
-                    for (_, pool) in pools.iter().filter(|(p, _)| p.name != old) {
-                        let _ = exec(pool, "START SLAVE IO_THREAD").await;
-                    }
-                }
+                resume().await;
                 Err(why)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                resume().await;
+                Err(e.to_string())
+            }
         }
     }
 }
