@@ -304,6 +304,8 @@ async fn health_report(store: &Store, node: &str) -> HealthReport {
             problem: h.problem,
             db_tls: h.db_tls,
             traffic: store.metrics().traffic.get(),
+            process: None,
+            endpoints: Vec::new(),
         }),
     }
 }

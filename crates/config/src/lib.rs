@@ -8,8 +8,10 @@
 //! the plain [`Topology`] the rest of hastack uses. Every error names file, line and
 //! column, says what is wrong and what is expected.
 //!
-//! This crate does no I/O beyond reading the file it is given.
+//! This crate does no I/O beyond reading the file it is given, and
+//! [`AppSettings::check_on_this_host`], which looks for the app's directory and program.
 
+mod app;
 mod raw;
 
 use std::fmt;
@@ -17,6 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use app::{AppSettings, Place, RESERVED_ENV, find_program};
 pub use raw::DEFAULT_TOPOLOGY;
 
 /// What a node does; one tier of the picture.
@@ -556,6 +559,8 @@ pub struct Topology {
     pub dns: DnsSettings,
     /// Where `hastack up` serves the live dashboard (`None`: it does not).
     pub dashboard: Option<SocketAddr>,
+    /// The team's own application (`None`: the built-in posts app).
+    pub app: Option<AppSettings>,
     /// All nodes, in file order.
     pub nodes: Vec<Node>,
 }

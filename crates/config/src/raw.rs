@@ -149,6 +149,18 @@ rate_burst = 100           # limit), and how many at once above it; more are dro
 address = "127.0.0.1:9000" # `hastack up` serves the live dashboard here ("": not at all);
                            # every lb's admin port serves it too, at /dashboard/
 
+# [app]                    # your own application on every app node (unset: the built-in app)
+# command = ["sh", "start.sh"]  # argv, no shell, run in dir; the app listens on $HOST:$PORT and
+                           # finds its database at $DATABASE_URL (writes: the primary) and
+                           # $DATABASE_READ_URL (reads: the replicas), local endpoints that
+                           # follow every failover
+# dir = "myapp"            # relative to this file
+# health = "/healthz"      # GET must answer 2xx before the node takes traffic
+# release = ["php", "migrate.php"]  # run before the app starts and before each deploy
+# env = { APP_MODE = "production" }  # added to what hastack sets
+# start_timeout_ms = 30000 # a new process must answer its health path within this
+# stop_timeout_ms = 10000  # a stopping process finishes its requests within this (then SIGKILL)
+
 [[node]]
 name = "lb1"
 role = "lb"
@@ -232,6 +244,7 @@ pub(crate) struct RawTopology {
     dns: RawDns,
     #[serde(default)]
     dashboard: RawDashboard,
+    app: Option<Spanned<crate::app::RawApp>>,
     #[serde(default)]
     node: Vec<RawNode>,
 }
@@ -777,14 +790,24 @@ pub(crate) fn serde_help(message: &str) -> String {
     }
 }
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     text: &'a str,
-    file: &'a Path,
-    errors: Vec<ConfigError>,
+    pub(crate) file: &'a Path,
+    pub(crate) errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn error<T>(&mut self, at: &Spanned<T>, message: String, help: &str) {
+    /// Where `at` stands in the file.
+    pub(crate) fn place<T>(&self, at: &Spanned<T>) -> crate::app::Place {
+        let (line, column) = line_col(self.text, at.span().start);
+        crate::app::Place {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    pub(crate) fn error<T>(&mut self, at: &Spanned<T>, message: String, help: &str) {
         let (line, column) = if at.span().end == 0 {
             (0, 0)
         } else {
@@ -813,7 +836,7 @@ impl Checker<'_> {
         }
     }
 
-    fn positive<T: PartialOrd + Default + std::fmt::Display>(
+    pub(crate) fn positive<T: PartialOrd + Default + std::fmt::Display>(
         &mut self,
         v: &Spanned<T>,
         what: &str,
@@ -1061,6 +1084,9 @@ pub(crate) fn validate(
 
     let lb = lb_settings(&raw.lb, &mut c);
     let web = web_settings(raw.web, &mut c);
+    let app = raw
+        .app
+        .and_then(|section| crate::app::app_settings(section, &mut c));
     let hp = &raw.http;
     c.positive(&hp.head_timeout_ms, "http.head_timeout_ms");
     c.positive(&hp.write_timeout_ms, "http.write_timeout_ms");
@@ -1443,6 +1469,7 @@ pub(crate) fn validate(
             rate_burst: raw.dns.rate_burst,
         },
         dashboard,
+        app,
         nodes,
     })
 }

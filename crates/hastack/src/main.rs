@@ -589,6 +589,17 @@ fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
                 eprintln!("{}: error: {e}", t.source.display());
                 return Ok(ExitCode::from(2));
             }
+            // The team's app: on one machine its directory and program are here to
+            // look at; in hosts mode each app server checks them when its node starts.
+            if let Some(app) = &t.app
+                && t.mode != hastack_config::Mode::Hosts
+                && let Err(errors) = app.check_on_this_host()
+            {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                return Ok(ExitCode::from(2));
+            }
             let source = t.source.display();
             let tiers: Vec<String> = hastack_config::Role::ALL
                 .iter()
@@ -603,6 +614,14 @@ fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
                 t.site,
                 t.site_url()
             );
+            if let Some(app) = &t.app {
+                println!(
+                    "app: `{}` in {} (health {})",
+                    app.command.join(" "),
+                    app.dir.display(),
+                    app.health
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -130,6 +130,15 @@ pub(crate) fn main(
                         .map_err(Into::into)
                 }
                 Role::Web => hastack_web::run(&topo, name, rx).await.map_err(Into::into),
+                Role::App if topo.app.is_some() => {
+                    let database = match (sqlite, secrets.clone()) {
+                        (None, Some(s)) => hastack_apphost::Database::MariaDb(s),
+                        _ => hastack_apphost::Database::None,
+                    };
+                    hastack_apphost::run(&topo, name, database, rx)
+                        .await
+                        .map_err(Into::into)
+                }
                 Role::App => {
                     let data = match (sqlite, secrets.clone()) {
                         (Some(p), _) => hastack_app::DataSource::Sqlite(p),

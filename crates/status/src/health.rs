@@ -174,6 +174,54 @@ pub struct AppHealth {
     /// Requests answered.
     #[serde(default)]
     pub traffic: Traffic,
+    /// The team's own application process (`None`: the built-in app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<AppProcess>,
+    /// The local database endpoints given to the team's app (writer, reader).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<DbEndpoint>,
+}
+
+/// The team's application process on an app node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AppProcess {
+    /// `starting`, `ready`, `unhealthy`, `restarting`, `draining` or `stopped`.
+    pub state: String,
+    /// Its pid, while it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Where it listens (`HOST:PORT`).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The directory of the version it runs.
+    pub dir: String,
+    /// Times it was started again after it exited or stopped answering.
+    pub restarts: u64,
+    /// How it last exited, if it did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+}
+
+/// One local database endpoint of an app node (what ProxySQL or RDS Proxy would be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DbEndpoint {
+    /// `writer` (the primary) or `reader` (the replicas).
+    pub name: String,
+    /// Where the app connects (`HOST:PORT`).
+    pub address: String,
+    /// The server new sessions go to now (the reader's next pick); `None` while waiting.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Client connections open now.
+    pub connections: u64,
+    /// Logins that had to wait for a server (a failover under way).
+    pub waits: u64,
+    /// Logins and commands that gave up waiting.
+    pub wait_timeouts: u64,
+    /// Idle sessions moved to another server without the app noticing.
+    pub moved: u64,
+    /// Sessions closed because their server left and they could not move.
+    pub closed: u64,
 }
 
 /// A db node's replication from the primary (`SHOW SLAVE STATUS`).
@@ -417,6 +465,8 @@ mod tests {
                 problem: Some("no primary".into()),
                 db_tls: None,
                 traffic: Traffic::default(),
+                process: None,
+                endpoints: Vec::new(),
             }),
             Health::Db(db()),
             Health::Dns(DnsHealth {

@@ -125,6 +125,12 @@ impl NodeTls {
         client_config(&self.pki.ca_cert(), Some(self.own.clone()), &[ALPN_HTTP1])
     }
 
+    /// The client side of a hop to MariaDB: the node's certificate, the internal CA,
+    /// no ALPN (MariaDB's TLS speaks the MySQL protocol, not HTTP).
+    pub fn db_client(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        client_config(&self.pki.ca_cert(), Some(self.own.clone()), &[])
+    }
+
     /// The server side of the site's HTTPS: its certificates (SNI picks), HTTP/2 or
     /// HTTP/1.1 by ALPN, no client certificate.
     pub fn site_acceptor(&mut self, topo: &Topology) -> Result<Acceptor, TlsError> {
