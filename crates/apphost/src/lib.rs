@@ -324,11 +324,21 @@ async fn lock_release(url: &str) -> Result<sqlx::MySqlConnection, sqlx::Error> {
     Ok(conn)
 }
 
+/// How an app node runs the team's app.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Do not run `[app] release` at start (a deploy ran it once before the rollout).
+    pub skip_release: bool,
+    /// Run `[app] release` with this node's endpoints, then return.
+    pub release_only: bool,
+}
+
 /// Runs app node `name` with the team's app until `shutdown` turns true.
 pub async fn run(
     topo: &Topology,
     name: &str,
     database: Database,
+    opts: RunOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), AppHostError> {
     let node = topo
@@ -368,16 +378,24 @@ pub async fn run(
             _ => None,
         },
     );
+    let tail = Tail::default();
+    if opts.release_only {
+        return release(name, app, &env, db.as_ref(), &tail).await;
+    }
     let run_dir = topo.state_dir.join("app");
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| AppHostError::Config(format!("{}: {e}", run_dir.display())))?;
     let pgid_file = run_dir.join(format!("{name}.pgid"));
     let reaped = process::reap_leftovers(&pgid_file);
     if reaped > 0 {
-        warn!(processes = reaped, "ended the app processes a previous run of this node left behind");
+        warn!(
+            processes = reaped,
+            "ended the app processes a previous run of this node left behind"
+        );
     }
-    let tail = Tail::default();
-    release(name, app, &env, db.as_ref(), &tail).await?;
+    if !opts.skip_release {
+        release(name, app, &env, db.as_ref(), &tail).await?;
+    }
 
     let spec = Spec {
         argv: app.command.clone(),
@@ -459,6 +477,21 @@ pub async fn run(
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
 
+    // SIGUSR1 (from `hastack deploy`): answer the web tier's checks 503 so that it
+    // takes this node out, while requests already sent here are still served.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let draining = draining.clone();
+        let mut usr1 =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                .map_err(|e| AppHostError::Config(format!("SIGUSR1: {e}")))?;
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                info!("draining: the web tier's checks now fail here; requests in flight go on");
+                draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     let db = db.map(Arc::new);
     let probe = {
         let proc = proc.clone();
@@ -492,9 +525,10 @@ pub async fn run(
         move |req: hyper::Request<hyper::body::Incoming>, peer| {
             let proxy = proxy.clone();
             let mut proc = proc.clone();
+            let draining = draining.load(std::sync::atomic::Ordering::Relaxed);
             async move {
                 if req.uri().path() == "/healthz" {
-                    return front_health(&proxy, &proc.borrow());
+                    return front_health(&proxy, &proc.borrow(), draining);
                 }
                 // A request that comes while the app restarts waits for it a little:
                 // the web tier stops sending here within a health-check interval.
@@ -527,10 +561,15 @@ pub async fn run(
     Ok(())
 }
 
-/// The web tier's health check: 200 while the app is ready.
-fn front_health(proxy: &Proxy, p: &Proc) -> Response<ProxyBody> {
-    let ready = p.state == State::Ready;
-    let body = serde_json::json!({ "role": "app", "app": p.state.as_str() }).to_string();
+/// The web tier's health check: 200 while the app is ready and the node not draining.
+fn front_health(proxy: &Proxy, p: &Proc, draining: bool) -> Response<ProxyBody> {
+    let ready = p.state == State::Ready && !draining;
+    let state = if draining {
+        "draining"
+    } else {
+        p.state.as_str()
+    };
+    let body = serde_json::json!({ "role": "app", "app": state }).to_string();
     let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = if ready {
         StatusCode::OK

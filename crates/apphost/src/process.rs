@@ -256,7 +256,8 @@ pub fn reap_leftovers(pgid_file: &Path) -> usize {
             .rsplit_once(") ")
             .and_then(|(_, rest)| rest.split_whitespace().nth(2))
             .and_then(|g| g.parse::<i32>().ok());
-        let in_dir = std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
+        let in_dir =
+            std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir));
         if group == Some(pgid) && in_dir {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             ended += 1;
@@ -412,8 +413,7 @@ impl Supervisor {
         };
         let pid = child.id();
         if let Some(pid) = pid
-            && let Err(e) =
-                std::fs::write(&spec.pgid_file, format!("{pid} {}", spec.dir.display()))
+            && let Err(e) = std::fs::write(&spec.pgid_file, format!("{pid} {}", spec.dir.display()))
         {
             warn!(file = %spec.pgid_file.display(), error = %e, "cannot record the app's process group");
         }

@@ -22,7 +22,8 @@ pub(crate) struct Request {
     /// The node, for `stop`, `start`, `kill` and `rebuild`.
     #[serde(default)]
     pub(crate) node: String,
-    /// For `rebuild`: the db node to copy from (default: a healthy replica).
+    /// For `rebuild`: the db node to copy from (default: a healthy replica); for
+    /// `deploy`: the directory of the app's new version (default: `[app] dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) source: Option<String>,
 }
@@ -63,8 +64,10 @@ pub(crate) fn send(state_dir: &Path, req: &Request) -> anyhow::Result<Response> 
             path.display()
         )
     })?;
-    // `start` and `down` wait for nodes; the supervisor has its own deadlines.
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
+    // `start` and `down` wait for nodes; the supervisor has its own deadlines. A deploy
+    // runs a release (up to 10 minutes) and then restarts every app node.
+    let wait = if req.cmd == "deploy" { 3600 } else { 300 };
+    stream.set_read_timeout(Some(Duration::from_secs(wait)))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     (&stream).write_all(line.as_bytes())?;
@@ -136,6 +139,23 @@ pub(crate) fn down(config: &ConfigArg) -> anyhow::Result<ExitCode> {
         }
     }
     command(config, "down", "", None)
+}
+
+/// `deploy [--dir DIR]`.
+pub(crate) fn deploy(config: &ConfigArg, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(d) => Some(
+            std::fs::canonicalize(&d)
+                .with_context(|| format!("--dir {}", d.display()))?
+                .display()
+                .to_string(),
+        ),
+        None => None,
+    };
+    println!(
+        "hastack: deploying (release once, then one app node at a time; progress in the output of `hastack up`)…"
+    );
+    command(config, "deploy", "", dir)
 }
 
 /// `db rebuild NODE [--from SOURCE]`.

@@ -86,6 +86,8 @@ enum Cmd {
         /// placed in site.subnet).
         #[arg(long)]
         isolated: bool,
+        #[command(flatten)]
+        app: node::AppArgs,
     },
     /// Print the systemd unit that runs node NAME on its own server (mode "hosts").
     Systemd {
@@ -173,6 +175,15 @@ enum Cmd {
         node: String,
         #[command(flatten)]
         config: ConfigArg,
+    },
+    /// Roll a new version of the team's app ([app]) through the app nodes, one at a
+    /// time, with no failed request: `release` once, then drain, restart, check, re-add.
+    Deploy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The new version's directory (default: [app] dir, as it is now).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Stop every node and the supervisor.
     Down {
@@ -481,7 +492,8 @@ fn main() -> ExitCode {
             state_dir,
             sqlite,
             isolated,
-        } => node::main(&name, &config.config, state_dir, sqlite, isolated),
+            app,
+        } => node::main(&name, &config.config, state_dir, sqlite, isolated, app),
         Cmd::Exec {
             node,
             config,
@@ -503,6 +515,7 @@ fn main() -> ExitCode {
         Cmd::Start { node, config } => control::simple(&config, "start", &node),
         Cmd::Kill { node, config } => control::simple(&config, "kill", &node),
         Cmd::Down { config } => control::down(&config),
+        Cmd::Deploy { config, dir } => control::deploy(&config, dir),
         Cmd::Db {
             op: DbOp::Rebuild { node, from, config },
         } => control::rebuild(&config, &node, from),

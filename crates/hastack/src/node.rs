@@ -27,12 +27,28 @@ fn raise_descriptor_limit() {
     }
 }
 
+/// An app node's options for the team's app (`[app]`), set by `hastack deploy`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AppArgs {
+    /// App nodes: run the app from this directory instead of `[app] dir` (a version
+    /// being deployed).
+    #[arg(long, value_name = "DIR")]
+    app_dir: Option<PathBuf>,
+    /// App nodes: do not run `[app] release` at start (the deploy ran it already).
+    #[arg(long)]
+    skip_release: bool,
+    /// App nodes: run `[app] release` with the node's database endpoints, then exit.
+    #[arg(long)]
+    release_only: bool,
+}
+
 pub(crate) fn main(
     name: &str,
     config: &Option<PathBuf>,
     state_dir: Option<PathBuf>,
     sqlite: Option<PathBuf>,
     isolated: bool,
+    app_args: AppArgs,
 ) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,6 +94,9 @@ pub(crate) fn main(
     };
     // Every crate reads the state directory from the topology: make it this one.
     topo.state_dir = state_dir.clone();
+    if let (Some(app), Some(dir)) = (&mut topo.app, &app_args.app_dir) {
+        app.dir = dir.clone();
+    }
     // Current-thread runtime: children (mariadbd) are spawned from the main thread,
     // which lives as long as the process (see hastack_runtime::child).
     let secrets = if matches!(node.role, Role::App | Role::Db) && sqlite.is_none() {
@@ -135,7 +154,11 @@ pub(crate) fn main(
                         (None, Some(s)) => hastack_apphost::Database::MariaDb(s),
                         _ => hastack_apphost::Database::None,
                     };
-                    hastack_apphost::run(&topo, name, database, rx)
+                    let opts = hastack_apphost::RunOptions {
+                        skip_release: app_args.skip_release,
+                        release_only: app_args.release_only,
+                    };
+                    hastack_apphost::run(&topo, name, database, opts, rx)
                         .await
                         .map_err(Into::into)
                 }

@@ -1,5 +1,5 @@
-//! The supervisor's control socket: `status`, `stop`, `kill`, `start`, `rebuild` and
-//! `down` from `hastack` commands on this machine (0600 socket, peer uid checked), one
+//! The supervisor's control socket: `status`, `stop`, `kill`, `start`, `rebuild`,
+//! `deploy` and `down` from `hastack` commands on this machine (0600 socket, peer uid checked), one
 //! JSON request and one JSON answer per connection.
 
 use std::sync::Arc;
@@ -96,6 +96,14 @@ impl Supervisor {
             }
             "start" => done(self.start_node(&req.node).await),
             "rebuild" => done(self.rebuild_node(&req.node, req.source.as_deref()).await),
+            "deploy" => {
+                let r = self.deploy(req.source.as_deref()).await;
+                match &r {
+                    Ok(m) => println!("hastack: deploy done:\n{m}"),
+                    Err(e) => println!("hastack: deploy failed: {e}"),
+                }
+                done(r)
+            }
             "down" => {
                 println!("hastack: down requested; stopping (lb, web, app, db)");
                 self.stop_all().await;

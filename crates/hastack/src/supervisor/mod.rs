@@ -23,6 +23,7 @@
 //!   if the supervisor crashed, by the next `up` or `down`).
 
 mod control_server;
+mod deploy;
 mod lifecycle;
 mod node;
 
@@ -63,6 +64,10 @@ struct Supervisor {
     ready: AtomicBool,
     /// The dashboard's URL, once it listens.
     dashboard_url: std::sync::OnceLock<String>,
+    /// Held while `hastack deploy` runs (one at a time).
+    deploying: tokio::sync::Mutex<()>,
+    /// The version of the team's app the last deploy put in place (`None`: `[app] dir`).
+    app_dir: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// Runs `hastack up` (`isolated`: `--isolated`).
@@ -183,6 +188,7 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
                     sqlite: sqlite.clone(),
                     netns: network.as_ref().map(|net| net.path(&n.name)),
                     admin: topo.admin_addr(n),
+                    app: None,
                 };
                 NodeHandle::spawn(n.clone(), launch)
             })
@@ -195,6 +201,8 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
             done: Notify::new(),
             ready: AtomicBool::new(false),
             dashboard_url: std::sync::OnceLock::new(),
+            deploying: tokio::sync::Mutex::new(()),
+            app_dir: std::sync::Mutex::new(None),
             topo,
         })
     });

@@ -42,6 +42,9 @@ pub(super) struct Launch {
     pub(super) netns: Option<PathBuf>,
     /// Where `/healthz` is answered.
     pub(super) admin: SocketAddr,
+    /// App nodes with `[app]`: the version of the app to run (`None`: `[app] dir`),
+    /// and whether its release already ran (a deploy runs it once for all nodes).
+    pub(super) app: Option<(PathBuf, bool)>,
 }
 
 impl Launch {
@@ -61,7 +64,17 @@ enum Command {
         quiet: bool,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// From the next start on, run the app from this directory; `true`: its release ran.
+    UseApp(PathBuf, bool),
+    /// Take the node out of the web tier's pools (SIGUSR1: its checks fail from now).
+    Drain(oneshot::Sender<Result<(), String>>),
+    /// Run `[app] release` of the app in this directory with the node's identity (its
+    /// namespace, its certificate), in a process of its own; its output's last lines.
+    Release(PathBuf, oneshot::Sender<Result<String, String>>),
 }
+
+/// How long a deploy's release (migrations) may run.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The supervisor's side of one node.
 #[derive(Clone)]
@@ -129,6 +142,25 @@ impl NodeHandle {
         rx.await.map_err(|_| self.gone())?
     }
 
+    /// Makes the node run the app from `dir` from its next start on.
+    pub(super) async fn use_app(&self, dir: PathBuf, released: bool) -> Result<(), String> {
+        self.send(Command::UseApp(dir, released)).await
+    }
+
+    /// Takes the node out of the web tier's pools: its health checks fail from now.
+    pub(super) async fn drain(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Drain(tx)).await?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
+    /// Runs the app's release from `dir` as this node would.
+    pub(super) async fn release(&self, dir: PathBuf) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Release(dir, tx)).await?;
+        rx.await.map_err(|_| self.gone())?
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), String> {
         self.commands.send(cmd).await.map_err(|_| self.gone())
     }
@@ -182,6 +214,11 @@ impl Task {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Start(reply)) => self.start(reply),
                     Some(Command::Stop { how, quiet, reply }) => self.stop(how, quiet, reply),
+                    Some(Command::UseApp(dir, released)) => self.launch.app = Some((dir, released)),
+                    Some(Command::Drain(reply)) => {
+                        let _ = reply.send(self.drain());
+                    }
+                    Some(Command::Release(dir, reply)) => self.release(dir, reply),
                     // The supervisor is gone; its process ending takes the child
                     // (PR_SET_PDEATHSIG).
                     None => return,
@@ -238,24 +275,24 @@ impl Task {
         }
     }
 
-    /// Spawns `hastack node NAME`, its output pumped into its rotating log.
-    fn spawn(&mut self) -> Result<(), String> {
-        let name = self.node.name.clone();
+    fn drain(&self) -> Result<(), String> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{} is not running", self.name()))?;
+        kill(Pid::from_raw(pid), Signal::SIGUSR1).map_err(|e| format!("{}: {e}", self.name()))
+    }
+
+    /// `hastack node NAME` with the node's config, state and namespace: the base of
+    /// the node's process and of its release.
+    fn command(&self) -> Result<Process, String> {
         let launch = &self.launch;
-        let log_path = launch.log_path(&name);
-        let mut log = logs::RotatingLog::open(&log_path, logs::MAX_BYTES, logs::KEEP)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let _ = log.write_line(
-            format!(
-                "=== hastack node {name}: started by the supervisor (pid {}) ===\n",
-                std::process::id()
-            )
-            .as_bytes(),
-        );
-        let log = Arc::new(std::sync::Mutex::new(log));
         let mut cmd = Process::new(&launch.exe);
         cmd.arg("node")
-            .arg(&name)
+            .arg(&self.node.name)
             .arg("--config")
             .arg(&launch.config_path)
             .arg("--state-dir")
@@ -275,6 +312,71 @@ impl Task {
             hastack_runtime::child::enter_netns(&mut cmd, ns);
         }
         hastack_runtime::child::die_with_parent(&mut cmd, Signal::SIGTERM);
+        Ok(cmd)
+    }
+
+    /// Starts the release of the app in `dir`; `reply` gets its outcome.
+    fn release(&self, dir: PathBuf, reply: oneshot::Sender<Result<String, String>>) {
+        let name = self.name().to_string();
+        let spawned = self.command().and_then(|mut cmd| {
+            cmd.arg("--release-only").arg("--app-dir").arg(&dir);
+            cmd.spawn().map_err(|e| e.to_string())
+        });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(format!("{name}: the release could not start: {e}")));
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let out = tokio::time::timeout(RELEASE_TIMEOUT, child.wait_with_output()).await;
+            let answer = match out {
+                Err(_) => Err(format!(
+                    "{name}: the release did not finish within {RELEASE_TIMEOUT:?}"
+                )),
+                Ok(Err(e)) => Err(format!("{name}: the release: {e}")),
+                Ok(Ok(o)) => {
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    if o.status.success() {
+                        Ok(tail)
+                    } else {
+                        Err(tail)
+                    }
+                }
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// Spawns `hastack node NAME`, its output pumped into its rotating log.
+    fn spawn(&mut self) -> Result<(), String> {
+        let name = self.node.name.clone();
+        let launch = &self.launch;
+        let log_path = launch.log_path(&name);
+        let mut log = logs::RotatingLog::open(&log_path, logs::MAX_BYTES, logs::KEEP)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let _ = log.write_line(
+            format!(
+                "=== hastack node {name}: started by the supervisor (pid {}) ===\n",
+                std::process::id()
+            )
+            .as_bytes(),
+        );
+        let log = Arc::new(std::sync::Mutex::new(log));
+        let mut cmd = self.command()?;
+        if let Some((dir, released)) = &launch.app {
+            cmd.arg("--app-dir").arg(dir);
+            if *released {
+                cmd.arg("--skip-release");
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawning {}: {e}", launch.exe.display()))?;
@@ -506,11 +608,21 @@ fn probe(admin: SocketAddr, after: Duration) -> Probe {
 pub(super) fn last_error_line(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines
+    // The last error and what follows it (a node's error may span lines: the app
+    // tier quotes its app's last lines and says what to fix).
+    let from = lines
         .iter()
-        .rev()
-        .find(|l| l.contains("error") || l.contains("ERROR"))
-        .or(lines.last())
-        .map(|l| l.trim().to_string())
-        .unwrap_or_else(|| format!("(nothing in {})", log.display()))
+        .rposition(|l| l.contains("error") || l.contains("ERROR"))
+        .unwrap_or(lines.len().saturating_sub(1));
+    let block: Vec<&str> = lines
+        .iter()
+        .skip(from)
+        .take(30)
+        .map(|l| l.trim_end())
+        .collect();
+    if block.is_empty() {
+        format!("(nothing in {})", log.display())
+    } else {
+        block.join("\n").trim_start().to_string()
+    }
 }
