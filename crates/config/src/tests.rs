@@ -98,7 +98,7 @@ fn a_misspelt_section_is_named_with_the_valid_ones() {
     assert_eq!(
         e.message,
         "unknown field `vipp`, expected one of `site`, `vip`, `ports`, `vrrp`, `health`, \
-         `lb`, `http`, `web`, `tls`, `db`, `dns`, `dashboard`, `node`"
+         `lb`, `http`, `web`, `tls`, `db`, `dns`, `dashboard`, `app`, `node`"
     );
     assert_eq!(e.column, 2, "the section's name");
 }
@@ -745,5 +745,129 @@ fn web_settings_are_read_and_wrong_ones_named_where_they_are() {
         &text,
         line_of(&text, "max_bytes = 0"),
         "web.cache.max_bytes must be greater than zero, found 0",
+    );
+}
+
+/// The last line holding `needle` (the default topology's comments show `[app]`).
+fn last_line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .rposition(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .expect("needle in text")
+}
+
+/// The default topology with an `[app]` section of `body` appended.
+fn with_app(body: &str) -> String {
+    format!("{DEFAULT_TOPOLOGY}\n[app]\n{body}\n")
+}
+
+#[test]
+fn an_app_section_is_read_with_its_defaults() {
+    let t = parse(
+        &with_app("command = [\"python3\", \"app.py\"]\ndir = \"myapp\"\nenv = { APP_MODE = \"production\" }"),
+        Path::new("/srv/site/hastack.toml"),
+    )
+    .expect("valid");
+    let app = t.app.expect("[app]");
+    assert_eq!(app.command, ["python3", "app.py"]);
+    assert_eq!(
+        app.dir,
+        Path::new("/srv/site/myapp"),
+        "relative to the file"
+    );
+    assert_eq!(app.health, "/healthz");
+    assert_eq!(app.release, None);
+    assert_eq!(
+        app.env,
+        [("APP_MODE".to_string(), "production".to_string())]
+    );
+    assert_eq!(app.start_timeout, Duration::from_secs(30));
+    assert!(app.command_at.line > 0 && app.dir_at.line > 0);
+    assert!(
+        Topology::default_topology().app.is_none(),
+        "the built-in app by default"
+    );
+}
+
+#[test]
+fn a_bad_app_section_names_its_line() {
+    let text = with_app("command = [\"python3\", \"app.py\"]");
+    one_error_at(
+        &text,
+        last_line_of(&text, "command = [\"python3\""),
+        "has a command but no dir",
+    );
+    let text = with_app("dir = \"myapp\"");
+    let section = text.lines().position(|l| l == "[app]").expect("[app]") + 1;
+    one_error_at(&text, section, "[app] has no command");
+    let text = with_app("command = []\ndir = \"x\"");
+    one_error_at(
+        &text,
+        last_line_of(&text, "command = []"),
+        "app.command is empty",
+    );
+    let text = with_app("command = [\"a\"]\ndir = \"x\"\nhealth = \"healthz\"");
+    one_error_at(&text, last_line_of(&text, "health = "), "not a URL path");
+    let text = with_app("command = [\"a\"]\ndir = \"x\"\nenv = { PORT = \"80\" }");
+    one_error_at(
+        &text,
+        last_line_of(&text, "env = "),
+        "PORT, which hastack sets",
+    );
+    let text = with_app("command = [\"a\"]\ndir = \"x\"\nenv = { \"1X\" = \"y\" }");
+    one_error_at(
+        &text,
+        last_line_of(&text, "env = "),
+        "not an environment variable name",
+    );
+    let text = with_app("command = [\"a\"]\ndir = \"x\"\nstart_timeout_ms = 0");
+    one_error_at(
+        &text,
+        last_line_of(&text, "start_timeout_ms"),
+        "greater than zero",
+    );
+    let text = with_app("command = [\"a\"]\ndir = \"x\"\nport = 1");
+    one_error_at(&text, last_line_of(&text, "port = 1"), "unknown field");
+}
+
+#[test]
+fn the_host_check_finds_the_directory_and_the_programs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("hastack.toml");
+    std::fs::create_dir(dir.path().join("app")).expect("mkdir");
+    std::fs::write(dir.path().join("app/run.sh"), "#!/bin/sh\n").expect("write");
+    let load = |body: &str| {
+        parse(&with_app(body), &file)
+            .expect("valid")
+            .app
+            .expect("[app]")
+    };
+    assert_eq!(
+        load("command = [\"sh\", \"run.sh\"]\ndir = \"app\"").check_on_this_host(),
+        Ok(())
+    );
+    let missing = load("command = [\"sh\"]\ndir = \"nowhere\"").check_on_this_host();
+    let e = &missing.expect_err("no such dir")[0];
+    assert!(
+        e.message.contains("app.dir") && e.message.contains("cannot be read"),
+        "{e}"
+    );
+    assert!(e.line > 0, "{e}");
+    let e = &load("command = [\"no-such-program-hastack\"]\ndir = \"app\"")
+        .check_on_this_host()
+        .expect_err("not found")[0];
+    assert!(e.message.contains("is not found in PATH"), "{e}");
+    let e = &load("command = [\"./run.sh\"]\ndir = \"app\"")
+        .check_on_this_host()
+        .expect_err("not executable")[0];
+    assert!(e.message.contains("is not executable"), "{e}");
+    let e = &load("command = [\"sh\"]\ndir = \"app\"\nrelease = [\"./migrate\"]")
+        .check_on_this_host()
+        .expect_err("release not found")[0];
+    assert!(
+        e.message.contains("app.release: `./migrate` is not found"),
+        "{e}"
     );
 }

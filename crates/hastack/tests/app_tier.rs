@@ -1,0 +1,492 @@
+//! The team's own app in the app tier: the PHP example (`examples/guestbook-php`, PDO
+//! with persistent connections) run by every app node through the whole stack, with
+//! real MariaDB servers behind the nodes' local database endpoints.
+//!
+//! - writes through the VIP while the primary is SIGKILLed: none acknowledged is lost,
+//!   the app's pooled connections follow (moved, not failed), and an idle session held
+//!   by a real MySQL client (`mariadb`) goes on on the new primary;
+//! - the app's process SIGKILLed under reads: restarted, no read failed;
+//! - `hastack deploy` under reads and writes: no request failed, every node on the new
+//!   version; a release that fails and a version that never gets healthy change nothing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Options, Stack, eventually, http};
+
+/// The example app's directory.
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/guestbook-php")
+}
+
+/// Fails (never skips) without PHP's CLI and its MySQL driver.
+fn require_php() {
+    let php = common::program("php", "php-cli", "the example app is PHP");
+    let modules = Command::new(&php).arg("-m").output().expect("php -m");
+    assert!(
+        String::from_utf8_lossy(&modules.stdout).contains("pdo_mysql"),
+        "PHP has no pdo_mysql, and the example app needs it: apt-get install -y php-mysql (scripts/test.sh installs it)"
+    );
+}
+
+/// A copy of the example app in `dir`, with `VERSION` set to `version`.
+fn version_of_example(dir: &Path, version: &str) -> PathBuf {
+    let to = dir.join(format!("v{version}"));
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(example())
+        .arg(&to)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    std::fs::write(to.join("VERSION"), version).expect("VERSION");
+    to
+}
+
+/// A stack running the example app from `dir`.
+fn stack_with_app(dir: &Path) -> Stack {
+    require_php();
+    let section = format!(
+        r#"
+[app]
+command = ["sh", "start.sh"]
+dir = "{}"
+health = "/healthz"
+release = ["php", "migrate.php"]
+env = {{ PHP_CLI_SERVER_WORKERS = "4" }}
+start_timeout_ms = 5000
+"#,
+        dir.display()
+    );
+    Stack::up_edited(Options { sqlite: false }, |t| format!("{t}{section}"))
+}
+
+/// An entry posted through the VIP with an idempotency key, retried until acknowledged
+/// (or `give_up`): its id, and every failed attempt.
+fn post_until_acknowledged(
+    stack: &Stack,
+    key: &str,
+    give_up: Instant,
+) -> (Option<i64>, Vec<String>) {
+    post_until_acknowledged_at(stack.vip(), key, give_up)
+}
+
+/// What the writers and readers of [`Load`] saw.
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<i64>,
+    write_failures: Vec<String>,
+    reads: usize,
+    read_failures: Vec<String>,
+    longest_gap: Duration,
+}
+
+/// A writer (idempotent posts) and a reader through the VIP, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(stack: &Stack) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let vip = stack.vip();
+        let writer = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                let mut last = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("load-{}-{i}", std::process::id());
+                    let give_up = Instant::now() + Duration::from_secs(20);
+                    let (id, failures) = post_until_acknowledged_at(vip, &key, give_up);
+                    let mut s = seen.lock().expect("lock");
+                    s.write_failures.extend(failures);
+                    if let Some(id) = id {
+                        s.acknowledged.push(id);
+                        s.longest_gap = s.longest_gap.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let reader = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = http(vip, "GET", "/api/entries?limit=5", &[], "");
+                    let mut s = seen.lock().expect("lock");
+                    s.reads += 1;
+                    match r {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => s.read_failures.push(format!("{} {}", r.status, r.body)),
+                        Err(e) => s.read_failures.push(e.to_string()),
+                    }
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        Load {
+            stop,
+            seen,
+            threads: vec![writer, reader],
+        }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        Arc::try_unwrap(self.seen)
+            .ok()
+            .expect("the threads are gone")
+            .into_inner()
+            .expect("lock")
+    }
+}
+
+fn post_until_acknowledged_at(
+    vip: std::net::SocketAddr,
+    key: &str,
+    give_up: Instant,
+) -> (Option<i64>, Vec<String>) {
+    let body = format!(r#"{{"name":"load","message":"{key}"}}"#);
+    let mut failures = Vec::new();
+    while Instant::now() < give_up {
+        match http(
+            vip,
+            "POST",
+            "/api/entries",
+            &[
+                ("Idempotency-Key", key),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        ) {
+            Ok(r) if r.status == 200 || r.status == 201 => {
+                return (json_of(&r.body)["id"].as_i64(), failures);
+            }
+            Ok(r) => failures.push(format!("{} {}", r.status, r.body)),
+            Err(e) => failures.push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (None, failures)
+}
+
+/// The JSON object of a body (the test client does not undo chunked encoding).
+fn json_of(body: &str) -> serde_json::Value {
+    let (Some(start), Some(end)) = (body.find('{'), body.rfind('}')) else {
+        panic!("no JSON object in {body:?}");
+    };
+    serde_json::from_str(&body[start..=end]).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// Every acknowledged entry reads back through the VIP.
+fn unread(stack: &Stack, ids: &[i64]) -> Vec<i64> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            !http(stack.vip(), "GET", &format!("/api/entries/{id}"), &[], "")
+                .is_ok_and(|r| r.status == 200)
+        })
+        .collect()
+}
+
+/// The app node's process and endpoints, from its `/healthz`.
+fn app_health(stack: &Stack, node: &str) -> serde_json::Value {
+    stack.health(node).expect("app health")
+}
+
+fn endpoint(h: &serde_json::Value, name: &str) -> serde_json::Value {
+    h["endpoints"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no {name} endpoint in {h}"))
+}
+
+/// A `mariadb` client session on an endpoint, fed statements one at a time.
+struct Session {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    fn open(stack: &Stack, address: &str) -> Session {
+        let mariadb = common::program(
+            "mariadb",
+            "mariadb-client",
+            "the idle-session test speaks to the endpoint with a real MySQL client",
+        );
+        let (host, port) = address.rsplit_once(':').expect("host:port");
+        let password = std::fs::read_to_string(stack.state_dir().join("secrets/db-app.password"))
+            .expect("the app's password");
+        let mut child = Command::new(mariadb)
+            .args([
+                "-h",
+                host,
+                "-P",
+                port,
+                "-u",
+                "foobar",
+                "--skip-ssl",
+                "-N",
+                "-B",
+                "-n",
+                "foobar",
+            ])
+            .env("MYSQL_PWD", password.trim())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mariadb client");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        Session { child, out }
+    }
+
+    /// Runs one statement that prints one line; that line.
+    fn one(&mut self, sql: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{sql};").expect("write");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("read");
+        assert!(!line.is_empty(), "the session ended at `{sql}`");
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_teams_app_follows_a_failover_and_survives_its_own_crash() {
+    let stack = stack_with_app(&example());
+    let home = http(stack.vip(), "GET", "/", &[], "").expect("page");
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(home.body.contains("Guestbook"), "{}", home.body);
+    let (id, failures) =
+        post_until_acknowledged(&stack, "first", Instant::now() + Duration::from_secs(10));
+    let id = id.unwrap_or_else(|| panic!("no first post: {failures:?}"));
+    let one = http(stack.vip(), "GET", &format!("/api/entries/{id}"), &[], "").expect("get");
+    assert_eq!(one.status, 200);
+    let path = one.header("x-served-by").expect("X-Served-By");
+    assert!(
+        path.contains("app"),
+        "the answer came through an app node: {path}"
+    );
+    assert_eq!(one.header("x-app-version"), Some("1"));
+
+    // The endpoints: the writer on the primary, the app's connections through them.
+    let before = primary_name(&stack);
+    let h = app_health(&stack, "app1");
+    assert_eq!(h["process"]["state"], "ready", "{h}");
+    assert_eq!(endpoint(&h, "writer")["target"], before.as_str(), "{h}");
+
+    // An idle session of a real client, on app1's writer endpoint.
+    let mut idle = Session::open(
+        &stack,
+        endpoint(&h, "writer")["address"].as_str().expect("address"),
+    );
+    let server_before = idle.one("SELECT @@server_id");
+
+    let load = Load::start(&stack);
+    std::thread::sleep(Duration::from_secs(2));
+    stack.ctl_ok(&["kill", &before]);
+    let after = eventually("a new primary", Duration::from_secs(30), || {
+        primary_name_opt(&stack).filter(|p| *p != before)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = load.finish();
+    let lost = unread(&stack, &seen.acknowledged);
+    println!(
+        "primary {before} killed → {after}: {} writes acknowledged, {} lost, longest gap between acknowledgements {:.2} s, {} failed attempts ({:?}); {} reads, {} failed",
+        seen.acknowledged.len(),
+        lost.len(),
+        seen.longest_gap.as_secs_f64(),
+        seen.write_failures.len(),
+        seen.write_failures.iter().take(3).collect::<Vec<_>>(),
+        seen.reads,
+        seen.read_failures.len()
+    );
+    assert!(seen.acknowledged.len() > 20, "the writer kept writing");
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // The app's pooled connections followed the primary.
+    let h = app_health(&stack, "app1");
+    let writer = endpoint(&h, "writer");
+    assert_eq!(writer["target"], after.as_str(), "{h}");
+    assert!(
+        writer["moved"].as_u64().unwrap_or(0) + writer["waits"].as_u64().unwrap_or(0) > 0,
+        "the writer endpoint saw the failover: {writer}"
+    );
+
+    // The idle session goes on, on the new primary, without an error.
+    let server_after = idle.one("SELECT @@server_id");
+    assert_ne!(
+        server_before, server_after,
+        "the session moved to another server"
+    );
+    let inserted = idle.one(
+        "INSERT INTO guestbook_entries (name, message) VALUES ('idle', 'after the failover'); SELECT ROW_COUNT()",
+    );
+    assert_eq!(inserted, "1", "the idle session writes on the new primary");
+
+    // The app's process dies under reads: the node starts it again, nothing fails.
+    let pid = app_health(&stack, "app1")["process"]["pid"]
+        .as_u64()
+        .expect("pid") as i32;
+    let load = Load::start(&stack);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the app");
+    let restarted = eventually("app1's app started again", Duration::from_secs(20), || {
+        let h = app_health(&stack, "app1");
+        (h["process"]["state"] == "ready" && h["process"]["pid"].as_u64() != Some(pid as u64))
+            .then_some(h)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.finish();
+    assert_eq!(restarted["process"]["restarts"], 1, "{restarted}");
+    assert!(
+        restarted["process"]["last_exit"]
+            .as_str()
+            .is_some_and(|e| e.contains("SIGKILL") || e.contains("9")),
+        "{restarted}"
+    );
+    assert!(
+        seen.read_failures.is_empty() && seen.write_failures.is_empty(),
+        "requests failed while the app restarted: {:?} {:?}",
+        seen.read_failures,
+        seen.write_failures
+    );
+    assert!(unread(&stack, &seen.acknowledged).is_empty());
+}
+
+fn primary_name_opt(stack: &Stack) -> Option<String> {
+    common::primary(stack)
+}
+
+fn primary_name(stack: &Stack) -> String {
+    eventually("a primary", Duration::from_secs(30), || {
+        common::primary(stack)
+    })
+}
+
+#[test]
+fn deploy_rolls_a_version_without_a_failed_request_and_refuses_bad_ones() {
+    let versions = tempfile::tempdir().expect("tempdir");
+    let v1 = version_of_example(versions.path(), "1");
+    let stack = stack_with_app(&v1);
+    let v2 = version_of_example(versions.path(), "2");
+
+    let load = Load::start(&stack);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = stack.ctl_ok(&["deploy", "--dir", v2.to_str().expect("path")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.finish();
+    println!(
+        "deploy: {out}\n{} reads, {} writes under it",
+        seen.reads,
+        seen.acknowledged.len()
+    );
+    assert!(out.contains("release: ran once"), "{out}");
+    assert!(
+        seen.read_failures.is_empty() && seen.write_failures.is_empty(),
+        "requests failed during the deploy: {:?} {:?}",
+        seen.read_failures,
+        seen.write_failures
+    );
+    assert!(unread(&stack, &seen.acknowledged).is_empty());
+    for node in ["app1", "app2"] {
+        let h = app_health(&stack, node);
+        assert_eq!(
+            h["process"]["dir"],
+            v2.to_str().expect("path"),
+            "{node} runs the new version: {h}"
+        );
+    }
+    for _ in 0..10 {
+        let r = http(stack.vip(), "GET", "/api/entries", &[], "").expect("get");
+        assert_eq!(r.header("x-app-version"), Some("2"), "{:?}", r.headers);
+    }
+
+    // A release that fails: no node changes.
+    let v3 = version_of_example(versions.path(), "3");
+    std::fs::write(
+        v3.join("migrate.php"),
+        "<?php fwrite(STDERR, \"migration 3 failed: table is locked\\n\"); exit(1);\n",
+    )
+    .expect("write");
+    let refused = stack.ctl(&["deploy", "--dir", v3.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(
+        text.contains("the release failed; no node was changed")
+            && text.contains("migration 3 failed"),
+        "{text}"
+    );
+
+    // A version that never answers its health path: the rollout stops at the first
+    // node, which runs version 2 again; the other was never touched.
+    let v4 = version_of_example(versions.path(), "4");
+    std::fs::write(
+        v4.join("start.sh"),
+        "echo 'v4 booting'; echo 'fatal: no config for v4' >&2; exec sleep 600\n",
+    )
+    .expect("write");
+    let load = Load::start(&stack);
+    let refused = stack.ctl(&["deploy", "--dir", v4.to_str().expect("path")]);
+    let seen = load.finish();
+    let text = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success());
+    assert!(
+        text.contains("did not become healthy") && text.contains("rollout stopped"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fatal: no config for v4"),
+        "the app's last lines are quoted: {text}"
+    );
+    assert!(
+        seen.read_failures.is_empty() && seen.write_failures.is_empty(),
+        "requests failed while a bad version was refused: {:?} {:?}",
+        seen.read_failures,
+        seen.write_failures
+    );
+    for node in ["app1", "app2"] {
+        let h = eventually("app nodes on version 2", Duration::from_secs(20), || {
+            stack
+                .health(node)
+                .filter(|h| h["process"]["state"] == "ready")
+        });
+        assert_eq!(
+            h["process"]["dir"],
+            v2.to_str().expect("path"),
+            "{node}: {h}"
+        );
+    }
+    let r = http(stack.vip(), "GET", "/api/entries", &[], "").expect("get");
+    assert_eq!(r.header("x-app-version"), Some("2"));
+}
