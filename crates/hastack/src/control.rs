@@ -141,6 +141,17 @@ pub(crate) fn down(config: &ConfigArg) -> anyhow::Result<ExitCode> {
     command(config, "down", "", None)
 }
 
+/// Whether a supervisor (`hastack up`) runs the stack `config` names.
+pub(crate) fn running(config: &ConfigArg) -> bool {
+    target(config).is_ok_and(|dir| UnixStream::connect(socket_path(&dir)).is_ok())
+}
+
+/// `reload` under a supervisor: scale the web and app tiers to the file.
+pub(crate) fn reload(config: &ConfigArg) -> anyhow::Result<ExitCode> {
+    println!("hastack: reloading the topology (new nodes start, removed ones drain)…");
+    command(config, "reload", "", None)
+}
+
 /// `deploy [--dir DIR]`.
 pub(crate) fn deploy(config: &ConfigArg, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = match dir {

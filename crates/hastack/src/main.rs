@@ -206,9 +206,11 @@ enum Cmd {
         #[command(subcommand)]
         op: LbOp,
     },
-    /// Make the running lb nodes read the topology file again and apply what changed
-    /// (web nodes, weights, [lb] and [http] settings) without dropping a connection;
-    /// the same as SIGHUP to each lb node.
+    /// Read the topology file again. Under `hastack up`: web and app nodes added to the
+    /// file are started and taken into the pools above them once healthy, removed ones
+    /// are drained and stopped, and every lb and web node reads the file (no request
+    /// fails). Without a supervisor, or with --lb: the lb nodes apply what changed (web
+    /// nodes, weights, [lb] and [http] settings), the same as SIGHUP to each.
     Reload {
         #[command(flatten)]
         target: LbTarget,
@@ -525,6 +527,9 @@ fn main() -> ExitCode {
         Cmd::Pki {
             op: PkiOp::Renew { config, force },
         } => pki(&config, force),
+        Cmd::Reload { target } if target.lb.is_none() && control::running(&target.config) => {
+            control::reload(&target.config)
+        }
         Cmd::Reload { target } => lb_command(&target, hastack_lb::control::Command::Reload),
         Cmd::Lb { op } => {
             use hastack_lb::control::Command as C;

@@ -127,7 +127,7 @@ pub(crate) fn main(
         let role = node.role;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                if role == Role::Lb {
+                if matches!(role, Role::Lb | Role::Web) {
                     info!("SIGHUP: reloading the configuration");
                     let _ = reload_tx.send(());
                 } else {
@@ -148,7 +148,13 @@ pub(crate) fn main(
                         .await
                         .map_err(Into::into)
                 }
-                Role::Web => hastack_web::run(&topo, name, rx).await.map_err(Into::into),
+                Role::Web => {
+                    let load: hastack_web::Loader =
+                        std::sync::Arc::new(move || load().map_err(|e| format!("{e:#}")));
+                    hastack_web::run_with(&topo, name, rx, Some((load, reload_rx)))
+                        .await
+                        .map_err(Into::into)
+                }
                 Role::App if topo.app.is_some() => {
                     let database = match (sqlite, secrets.clone()) {
                         (None, Some(s)) => hastack_apphost::Database::MariaDb(s),

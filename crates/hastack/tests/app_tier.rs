@@ -490,3 +490,81 @@ fn deploy_rolls_a_version_without_a_failed_request_and_refuses_bad_ones() {
     let r = http(stack.vip(), "GET", "/api/entries", &[], "").expect("get");
     assert_eq!(r.header("x-app-version"), Some("2"));
 }
+
+#[test]
+fn nodes_added_to_and_removed_from_the_file_join_and_leave_without_a_failed_request() {
+    let versions = tempfile::tempdir().expect("tempdir");
+    let stack = stack_with_app(&version_of_example(versions.path(), "1"));
+    let original = std::fs::read_to_string(&stack.config).expect("topology");
+    let scaled = original.replace(
+        "[[node]]\nname = \"app2\"",
+        &format!(
+            "[[node]]\nname = \"app3\"\nrole = \"app\"\naddress = \"{}\"\n\n[[node]]\nname = \"web3\"\nrole = \"web\"\naddress = \"{}\"\n\n[[node]]\nname = \"app2\"",
+            stack.addr(33),
+            stack.addr(23)
+        ),
+    );
+    assert_ne!(scaled, original);
+
+    let load = Load::start(&stack);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stack.config, &scaled).expect("write");
+    let out = stack.ctl_ok(&["reload"]);
+    assert!(
+        out.contains("app3: added, serving") && out.contains("web3: added, serving"),
+        "{out}"
+    );
+    // Both new nodes take requests through the VIP.
+    eventually("web3 and app3 in answers", Duration::from_secs(10), || {
+        let paths: Vec<String> = (0..20)
+            .filter_map(|_| http(stack.vip(), "GET", "/api/entries", &[], "").ok())
+            .filter_map(|r| r.header("x-served-by").map(str::to_string))
+            .collect();
+        (paths.iter().any(|p| p.contains("web3")) && paths.iter().any(|p| p.contains("app3")))
+            .then_some(())
+    });
+
+    std::fs::write(&stack.config, &original).expect("write");
+    let out = stack.ctl_ok(&["reload"]);
+    assert!(
+        out.contains("app3: drained and stopped") && out.contains("web3: drained and stopped"),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = load.finish();
+    println!(
+        "scale out and in: {} reads, {} writes, {} failed",
+        seen.reads,
+        seen.acknowledged.len(),
+        seen.read_failures.len() + seen.write_failures.len()
+    );
+    assert!(
+        seen.read_failures.is_empty() && seen.write_failures.is_empty(),
+        "requests failed while nodes came and went: {:?} {:?}",
+        seen.read_failures,
+        seen.write_failures
+    );
+    assert!(unread(&stack, &seen.acknowledged).is_empty());
+    let status = stack.status();
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"app3") && !names.contains(&"web3"),
+        "{names:?}"
+    );
+
+    // What reload cannot do it refuses, changing nothing.
+    std::fs::write(
+        &stack.config,
+        original.replace("[[node]]\nname = \"db3\"", "[[node]]\nname = \"db4\""),
+    )
+    .expect("write");
+    let refused = stack.ctl(&["reload"]);
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("needs a restart of the stack"), "{text}");
+}

@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use hastack_config::{Role, TlsMode, Topology};
 use hastack_proxy::{Chain, HealthCheck, Layer, Pool, PoolTls, Proxy, ProxyBody, ProxyOptions};
@@ -130,10 +130,27 @@ pub fn layers(
 }
 
 /// Runs web node `name` until `shutdown` turns true.
+/// Reads the topology file again, for a reload.
+pub type Loader = Arc<dyn Fn() -> Result<Topology, String> + Send + Sync>;
+
+/// Runs web node `name` until `shutdown` turns true.
 pub async fn run(
     topo: &Topology,
     name: &str,
     shutdown: watch::Receiver<bool>,
+) -> Result<(), WebError> {
+    run_with(topo, name, shutdown, None).await
+}
+
+/// Like [`run`]; each message on the receiver (SIGHUP, `hastack reload`) reads the
+/// file again with the loader and takes its app nodes into the pool: a new one once
+/// its health checks pass, a removed one gets no new request (those it has finish).
+/// Nothing else of the file is applied before a restart.
+pub async fn run_with(
+    topo: &Topology,
+    name: &str,
+    shutdown: watch::Receiver<bool>,
+    reloads: Option<(Loader, tokio::sync::mpsc::UnboundedReceiver<()>)>,
 ) -> Result<(), WebError> {
     let node = topo
         .node(name)
@@ -212,6 +229,24 @@ pub async fn run(
         })
     };
     pool.spawn_health_checks(HealthCheck::from(&topo.health), shutdown.clone());
+    if let Some((load, mut requests)) = reloads {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            while requests.recv().await.is_some() {
+                match load() {
+                    Ok(t) => {
+                        let opts = hastack_proxy::PoolOptions {
+                            weights: hastack_proxy::PoolOptions::weights_of(&t, Role::App),
+                            ..Default::default()
+                        };
+                        let changes = pool.update(&t.endpoints(Role::App), opts);
+                        info!(changes = ?changes, "reload: the app nodes of the file");
+                    }
+                    Err(e) => warn!(error = %e, "reload: the file does not load; nothing changed"),
+                }
+            }
+        });
+    }
     let mut admin = Admin::new(probe, registry);
     if let Some(cache) = cache {
         // POST /cache/purge?prefix=/api/ drops the answers under a path ("/" or none: all).

@@ -1,5 +1,5 @@
 //! The supervisor's control socket: `status`, `stop`, `kill`, `start`, `rebuild`,
-//! `deploy` and `down` from `hastack` commands on this machine (0600 socket, peer uid checked), one
+//! `deploy`, `reload` and `down` from `hastack` commands on this machine (0600 socket, peer uid checked), one
 //! JSON request and one JSON answer per connection.
 
 use std::sync::Arc;
@@ -96,6 +96,7 @@ impl Supervisor {
             }
             "start" => done(self.start_node(&req.node).await),
             "rebuild" => done(self.rebuild_node(&req.node, req.source.as_deref()).await),
+            "reload" => done(self.reload().await),
             "deploy" => {
                 let r = self.deploy(req.source.as_deref()).await;
                 match &r {
@@ -166,8 +167,8 @@ impl Supervisor {
         }
         let secrets = hastack_runtime::secrets::DbSecrets::load_or_create(
             &self.state_dir,
-            self.topo.db.password.as_deref(),
-            self.topo.db.repl_password.as_deref(),
+            self.topo().db.password.as_deref(),
+            self.topo().db.repl_password.as_deref(),
         )
         .map_err(|e| e.to_string())?;
         let done = hastack_db::rebuild::reseed(&self.state_dir, name, &source, &secrets.admin)

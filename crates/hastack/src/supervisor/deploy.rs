@@ -14,20 +14,18 @@
 //!    reached were never touched.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hastack_config::Role;
-use hastack_status::Health;
 
 use super::Supervisor;
 use super::lifecycle::Stop;
-
-/// How long the web tier may take to take a node out of its pools, or back in.
-const POOLS_DEADLINE: Duration = Duration::from_secs(15);
+use super::reload::{InPool, POOLS_DEADLINE};
 
 impl Supervisor {
     pub(super) async fn deploy(&self, dir: Option<&str>) -> Result<String, String> {
-        let Some(app) = &self.topo.app else {
+        let topo = self.topo();
+        let Some(app) = &topo.app else {
             return Err(
                 "the topology has no [app]: the built-in app is part of the hastack binary; add [app] to deploy your own"
                     .into(),
@@ -52,8 +50,8 @@ impl Supervisor {
             .clone()
             .unwrap_or_else(|| app.dir.clone());
         let apps: Vec<_> = self
-            .nodes
-            .iter()
+            .nodes()
+            .into_iter()
             .filter(|h| h.node.role == Role::App)
             .collect();
         let mut report = Vec::new();
@@ -94,7 +92,7 @@ impl Supervisor {
                 apps.len()
             );
             h.drain().await?;
-            if !self.wait_in_pools(name, false).await {
+            if !self.wait_in_pools(name, Role::Web, InPool::Down).await {
                 println!(
                     "hastack: deploy: the web tier did not take {name} out within {POOLS_DEADLINE:?}; going on (a request may land on the stopping node and be retried)"
                 );
@@ -121,7 +119,7 @@ impl Supervisor {
                     dir.display()
                 ));
             }
-            if !self.wait_in_pools(name, true).await {
+            if !self.wait_in_pools(name, Role::Web, InPool::Up).await {
                 println!(
                     "hastack: deploy: the web tier did not take {name} back within {POOLS_DEADLINE:?}"
                 );
@@ -139,34 +137,5 @@ impl Supervisor {
             started.elapsed().as_secs_f64()
         ));
         Ok(report.join("\n"))
-    }
-
-    /// Waits until every running web node's pool has app node `app` healthy (`up`) or
-    /// not; `false` if that did not happen within [`POOLS_DEADLINE`].
-    async fn wait_in_pools(&self, app: &str, up: bool) -> bool {
-        let deadline = Instant::now() + POOLS_DEADLINE;
-        loop {
-            let report = self.status().await;
-            let settled = report
-                .nodes
-                .iter()
-                .filter(|n| n.role == "web" && n.pid.is_some())
-                .all(|n| match &n.health {
-                    Some(Health::Web(w)) => w
-                        .upstreams
-                        .iter()
-                        .filter(|u| u.name == app)
-                        .all(|u| u.healthy == up),
-                    // A web node that does not answer takes no traffic either way.
-                    _ => true,
-                });
-            if settled {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }

@@ -26,6 +26,7 @@ mod control_server;
 mod deploy;
 mod lifecycle;
 mod node;
+mod reload;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,13 +52,17 @@ use node::{Launch, NodeHandle};
 /// The supervisor: the topology, one [`NodeHandle`] per node (each node's task owns
 /// its process), the control socket and the dashboard.
 struct Supervisor {
-    topo: Topology,
+    /// The topology in force (replaced by `hastack reload`).
+    topo: std::sync::RwLock<Arc<Topology>>,
     state_dir: PathBuf,
     sqlite: Option<PathBuf>,
     /// Isolated mode: the nodes' network namespaces.
     network: Option<Network>,
-    /// In topology order; fixed once built (the handles' state is on their channels).
-    nodes: Vec<NodeHandle>,
+    /// In topology order (the handles' state is on their channels); `reload` adds and
+    /// removes web and app nodes.
+    nodes: std::sync::RwLock<Vec<NodeHandle>>,
+    /// What a node added by `reload` is launched with (its own name and address aside).
+    launch: Launch,
     /// Signalled when `down` has stopped everything.
     done: Notify,
     /// Set once every tier is up; until then only `status` is served.
@@ -193,17 +198,27 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
                 NodeHandle::spawn(n.clone(), launch)
             })
             .collect();
+        let launch = Launch {
+            exe: exe.clone(),
+            config_path: config_path.clone(),
+            state_dir: state_dir.clone(),
+            sqlite: sqlite.clone(),
+            netns: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            app: None,
+        };
         Arc::new(Supervisor {
+            launch,
             state_dir,
             sqlite,
             network,
-            nodes,
+            nodes: std::sync::RwLock::new(nodes),
             done: Notify::new(),
             ready: AtomicBool::new(false),
             dashboard_url: std::sync::OnceLock::new(),
             deploying: tokio::sync::Mutex::new(()),
             app_dir: std::sync::Mutex::new(None),
-            topo,
+            topo: std::sync::RwLock::new(Arc::new(topo)),
         })
     });
     let result = rt.block_on(sup.clone().run());
@@ -224,10 +239,20 @@ impl Supervisor {
         Some(n)
     }
 
+    /// The topology in force.
+    fn topo(&self) -> Arc<Topology> {
+        self.topo.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every node's handle, in topology order.
+    fn nodes(&self) -> Vec<NodeHandle> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The handle of node `name`.
-    fn node(&self, name: &str) -> Result<&NodeHandle, String> {
-        self.nodes
-            .iter()
+    fn node(&self, name: &str) -> Result<NodeHandle, String> {
+        self.nodes()
+            .into_iter()
             .find(|h| h.node.name == name)
             .ok_or_else(|| format!("no node named `{name}`"))
     }
@@ -236,7 +261,7 @@ impl Supervisor {
     /// every second). An address that cannot be bound is said and skipped: the stack
     /// runs without it.
     async fn serve_dashboard(self: Arc<Self>) {
-        let Some(addr) = self.topo.dashboard else {
+        let Some(addr) = self.topo().dashboard else {
             return;
         };
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -293,10 +318,10 @@ impl Supervisor {
                 })?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let total = self.nodes.len();
+        let total = self.nodes().len();
         println!(
             "hastack: starting {} — {total} nodes, state in {}",
-            self.topo.site,
+            self.topo().site,
             self.state_dir.display()
         );
         // The control socket answers from the start (`status` shows progress), and so
@@ -319,8 +344,9 @@ impl Supervisor {
             return Ok(ExitCode::FAILURE);
         }
         // Certificates are re-issued before they expire (the nodes reload them).
-        if self.topo.tls.internal || self.topo.https_port.is_some() {
-            let mut t = self.topo.clone();
+        let topo = self.topo();
+        if topo.tls.internal || topo.https_port.is_some() {
+            let mut t = (*topo).clone();
             t.state_dir = self.state_dir.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(hastack_tls::node::RENEW_CHECK);
@@ -351,7 +377,7 @@ impl Supervisor {
             "ready in {:.1} s — open {}   (Host: {})\ncontrol: hastack status | stop NODE | start NODE | kill NODE | down   (logs in {})",
             started.elapsed().as_secs_f64(),
             report.url,
-            self.topo.site,
+            self.topo().site,
             self.state_dir.join("logs").display()
         );
 
@@ -372,11 +398,11 @@ impl Supervisor {
 
     /// Starts the tiers in order, each once the one below it is ready.
     async fn start_all(self: Arc<Self>) -> Result<(), String> {
-        let total = self.nodes.len();
+        let nodes = self.nodes();
+        let total = nodes.len();
         let mut ready = 0usize;
         for role in [Role::Db, Role::App, Role::Web, Role::Lb, Role::Dns] {
-            let tier: Vec<&NodeHandle> =
-                self.nodes.iter().filter(|h| h.node.role == role).collect();
+            let tier: Vec<&NodeHandle> = nodes.iter().filter(|h| h.node.role == role).collect();
             if tier.is_empty() {
                 continue;
             }
@@ -414,14 +440,15 @@ impl Supervisor {
             }
         }
         // Ready means the site answers through the VIP: a master has been elected.
-        let vip = SocketAddr::from((self.topo.vip, self.topo.http_port));
+        let topo = self.topo();
+        let vip = SocketAddr::from((topo.vip, topo.http_port));
         let waited = Instant::now();
         let deadline = Duration::from_secs(15);
         loop {
             match http_get::get(vip, "/healthz", Duration::from_millis(500)).await {
                 Ok((200, _)) => break,
                 // HTTP redirected to HTTPS: the lb answered, which is what is checked.
-                Ok((308, _)) if self.topo.tls.redirect_http => break,
+                Ok((308, _)) if topo.tls.redirect_http => break,
                 Ok((code, body)) if waited.elapsed() > deadline => {
                     return Err(format!("the site answered {code} on {vip}: {body}"));
                 }
@@ -446,7 +473,7 @@ impl Supervisor {
             // Every node of the tier, not only those shown alive: a `start` queued
             // before this is carried out first, and its node stopped after.
             let mut set = JoinSet::new();
-            for h in self.nodes.iter().filter(|h| h.node.role == role) {
+            for h in self.nodes().into_iter().filter(|h| h.node.role == role) {
                 let h = h.clone();
                 set.spawn(async move { h.shut_down().await });
             }
@@ -472,13 +499,15 @@ impl Supervisor {
     }
 
     async fn status(&self) -> StatusReport {
-        let snapshot: Vec<_> = self.nodes.iter().map(|h| (&h.node, h.view())).collect();
+        let topo = self.topo();
+        let handles = self.nodes();
+        let snapshot: Vec<_> = handles.iter().map(|h| (&h.node, h.view())).collect();
         let alive: Vec<_> = snapshot
             .iter()
             .filter(|(_, v)| v.state.alive())
             .map(|(n, _)| (*n).clone())
             .collect();
-        let probes = hastack_status::poll::probe_all(&self.topo, &alive).await;
+        let probes = hastack_status::poll::probe_all(&topo, &alive).await;
         let mut health: HashMap<String, hastack_status::poll::Probe> =
             alive.into_iter().map(|n| n.name).zip(probes).collect();
         let nodes = snapshot
@@ -491,19 +520,17 @@ impl Supervisor {
                     // A live process that does not answer is failing, not unknown.
                     healthy: h.as_ref().map(|p| p.healthy.unwrap_or(false)),
                     health: h.and_then(|p| p.health),
-                    ..NodeStatus::of(&self.topo, node, view.state.to_string())
+                    ..NodeStatus::of(&topo, node, view.state.to_string())
                 }
             })
             .collect();
         StatusReport {
-            ca: (self.topo.https_port.is_some() && self.topo.tls.certificates.is_empty()).then(
-                || {
-                    hastack_tls::pki::Pki::new(&self.state_dir)
-                        .ca_cert()
-                        .display()
-                        .to_string()
-                },
-            ),
+            ca: (topo.https_port.is_some() && topo.tls.certificates.is_empty()).then(|| {
+                hastack_tls::pki::Pki::new(&self.state_dir)
+                    .ca_cert()
+                    .display()
+                    .to_string()
+            }),
             client_netns: self.network.as_ref().map(|n| n.namespace("client")),
             state_dir: self.state_dir.display().to_string(),
             db_engine: if self.sqlite.is_some() {
@@ -512,7 +539,7 @@ impl Supervisor {
                 "mariadb".into()
             },
             dashboard: self.dashboard_url.get().cloned(),
-            ..StatusReport::of(&self.topo, nodes)
+            ..StatusReport::of(&topo, nodes)
         }
     }
 }

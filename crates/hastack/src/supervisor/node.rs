@@ -66,8 +66,9 @@ enum Command {
     },
     /// From the next start on, run the app from this directory; `true`: its release ran.
     UseApp(PathBuf, bool),
-    /// Take the node out of the web tier's pools (SIGUSR1: its checks fail from now).
-    Drain(oneshot::Sender<Result<(), String>>),
+    /// Send the node a signal: SIGUSR1 takes an app node out of the web tier's pools
+    /// (its checks fail from now), SIGHUP has an lb or web node read the file again.
+    Signal(Signal, oneshot::Sender<Result<(), String>>),
     /// Run `[app] release` of the app in this directory with the node's identity (its
     /// namespace, its certificate), in a process of its own; its output's last lines.
     Release(PathBuf, oneshot::Sender<Result<String, String>>),
@@ -149,8 +150,17 @@ impl NodeHandle {
 
     /// Takes the node out of the web tier's pools: its health checks fail from now.
     pub(super) async fn drain(&self) -> Result<(), String> {
+        self.signal(Signal::SIGUSR1).await
+    }
+
+    /// Has the node read the topology file again (an lb or web node).
+    pub(super) async fn reload(&self) -> Result<(), String> {
+        self.signal(Signal::SIGHUP).await
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
-        self.send(Command::Drain(tx)).await?;
+        self.send(Command::Signal(signal, tx)).await?;
         rx.await.map_err(|_| self.gone())?
     }
 
@@ -215,8 +225,8 @@ impl Task {
                     Some(Command::Start(reply)) => self.start(reply),
                     Some(Command::Stop { how, quiet, reply }) => self.stop(how, quiet, reply),
                     Some(Command::UseApp(dir, released)) => self.launch.app = Some((dir, released)),
-                    Some(Command::Drain(reply)) => {
-                        let _ = reply.send(self.drain());
+                    Some(Command::Signal(signal, reply)) => {
+                        let _ = reply.send(self.signal(signal));
                     }
                     Some(Command::Release(dir, reply)) => self.release(dir, reply),
                     // The supervisor is gone; its process ending takes the child
@@ -275,7 +285,7 @@ impl Task {
         }
     }
 
-    fn drain(&self) -> Result<(), String> {
+    fn signal(&self, signal: Signal) -> Result<(), String> {
         let pid = self
             .child
             .as_ref()
@@ -283,7 +293,7 @@ impl Task {
             .and_then(|p| i32::try_from(p).ok())
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("{} is not running", self.name()))?;
-        kill(Pid::from_raw(pid), Signal::SIGUSR1).map_err(|e| format!("{}: {e}", self.name()))
+        kill(Pid::from_raw(pid), signal).map_err(|e| format!("{}: {e}", self.name()))
     }
 
     /// `hastack node NAME` with the node's config, state and namespace: the base of
