@@ -41,7 +41,7 @@ const HOLD: Duration = Duration::from_secs(5);
 /// How long a new writer session waits for a primary (a failover under way).
 const DB_WAIT: Duration = Duration::from_secs(5);
 /// How long the release (migrations) may run.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why the node could not run the app.
 #[derive(Debug, thiserror::Error)]
@@ -359,9 +359,23 @@ pub async fn run(
     })?;
     let host = local_host(topo, node.address);
     let mut registry = Registry::default();
+    // The order of a stop: the front drains its requests, then the app stops, then the
+    // database endpoints close (the app's last requests still use them). Until the
+    // front serves, the node's stop reaches both at once.
+    let (app_stop_tx, app_stop) = watch::channel(false);
+    let (db_stop_tx, db_stop) = watch::channel(false);
+    let early_stop = {
+        let mut shutdown = shutdown.clone();
+        let (app_stop_tx, db_stop_tx) = (app_stop_tx.clone(), db_stop_tx.clone());
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            app_stop_tx.send_replace(true);
+            db_stop_tx.send_replace(true);
+        })
+    };
     let db = match &database {
         Database::MariaDb(secrets) => {
-            Some(open_db(topo, node, secrets, host, &mut registry, &shutdown).await?)
+            Some(open_db(topo, node, secrets, host, &mut registry, &db_stop).await?)
         }
         Database::None => {
             warn!(
@@ -413,7 +427,7 @@ pub async fn run(
     };
     let (supervisor, proc) = Supervisor::new(spec, tail.clone());
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let supervisor_task = tokio::spawn(supervisor.run(shutdown.clone(), first_tx));
+    let supervisor_task = tokio::spawn(supervisor.run(app_stop, first_tx));
     match first_rx.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -428,6 +442,7 @@ pub async fn run(
         // The supervisor stopped before a verdict: the node is stopping.
         Err(_) => return Ok(()),
     }
+    early_stop.abort();
 
     // The front: the web tier's requests go to the process through the same proxy as
     // every tier; the pool holds the one process, at its address of the moment.
@@ -556,8 +571,10 @@ pub async fn run(
         shutdown,
     )
     .await;
-    let _ = admin_task.await;
+    app_stop_tx.send_replace(true);
     let _ = supervisor_task.await;
+    db_stop_tx.send_replace(true);
+    let _ = admin_task.await;
     Ok(())
 }
 

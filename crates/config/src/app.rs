@@ -69,10 +69,46 @@ pub struct AppSettings {
     pub start_timeout: Duration,
     /// How long a stopping process may take to finish its requests before SIGKILL.
     pub stop_timeout: Duration,
+    /// The traffic `hastack drill` sends to the app (`None`: the app has not said, and
+    /// the drills refuse to guess).
+    pub drill: Option<DrillTraffic>,
     /// Where `command` and `dir` stood in the file.
     pub command_at: Place,
     /// Where `dir` stood in the file.
     pub dir_at: Place,
+}
+
+/// What `hastack drill` sends to the team's app (`[app.drill]`): a read, and a write
+/// whose answer names what it stored, read back by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillTraffic {
+    /// `GET` of this path reads (e.g. `/api/entries?limit=5`).
+    pub read: String,
+    /// `POST` to this path writes; the answer is JSON with an `id`, and
+    /// `GET {write}/{id}` reads it back.
+    pub write: String,
+    /// The JSON body of a write; `{key}` is replaced by a unique key (also sent as
+    /// `Idempotency-Key`), which the read-back must show.
+    pub body: String,
+}
+
+/// The built-in app's drill traffic.
+impl Default for DrillTraffic {
+    fn default() -> DrillTraffic {
+        DrillTraffic {
+            read: "/api/posts?limit=5".into(),
+            write: "/api/posts".into(),
+            body: r#"{"author": "drill", "body": "{key}"}"#.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDrill {
+    read: Spanned<String>,
+    write: Spanned<String>,
+    body: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -89,6 +125,7 @@ pub(crate) struct RawApp {
     start_timeout_ms: Spanned<u64>,
     #[serde(default = "default_stop_timeout")]
     stop_timeout_ms: Spanned<u64>,
+    drill: Option<RawDrill>,
 }
 
 fn default_health() -> Spanned<String> {
@@ -186,6 +223,29 @@ pub(crate) fn app_settings(
             env.push((name, value.into_inner()));
         }
     }
+    let drill = raw.drill.map(|d| {
+        for (v, what) in [(&d.read, "app.drill.read"), (&d.write, "app.drill.write")] {
+            if !v.get_ref().starts_with('/') || v.get_ref().bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                c.error(
+                    v,
+                    format!("{what} is \"{}\", which is not a URL path", v.get_ref()),
+                    "write the path the drill requests, e.g. \"/api/entries\"",
+                );
+            }
+        }
+        if !d.body.get_ref().contains("{key}") {
+            c.error(
+                &d.body,
+                "app.drill.body has no {key}".into(),
+                "put {key} where the write stores something the read-back can show, e.g. {\"message\": \"{key}\"}",
+            );
+        }
+        DrillTraffic {
+            read: d.read.into_inner(),
+            write: d.write.into_inner().trim_end_matches('/').to_string(),
+            body: d.body.into_inner(),
+        }
+    });
     c.positive(&raw.start_timeout_ms, "app.start_timeout_ms");
     c.positive(&raw.stop_timeout_ms, "app.stop_timeout_ms");
     if c.errors.len() > before {
@@ -202,6 +262,7 @@ pub(crate) fn app_settings(
         env,
         start_timeout: Duration::from_millis(raw.start_timeout_ms.into_inner()),
         stop_timeout: Duration::from_millis(raw.stop_timeout_ms.into_inner()),
+        drill,
     })
 }
 

@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use app::{AppSettings, Place, RESERVED_ENV, find_program};
+pub use app::{AppSettings, DrillTraffic, Place, RESERVED_ENV, find_program};
 pub use raw::DEFAULT_TOPOLOGY;
 
 /// What a node does; one tier of the picture.

@@ -160,6 +160,10 @@ address = "127.0.0.1:9000" # `hastack up` serves the live dashboard here ("": no
 # env = { APP_MODE = "production" }  # added to what hastack sets
 # start_timeout_ms = 30000 # a new process must answer its health path within this
 # stop_timeout_ms = 10000  # a stopping process finishes its requests within this (then SIGKILL)
+# [app.drill]              # the traffic of `hastack drill` (the built-in app's API otherwise)
+# read = "/api/entries?limit=5"   # GET: a read
+# write = "/api/entries"   # POST {body}: a write whose JSON answer has an "id"; GET write/ID reads it back
+# body = '{"name": "drill", "message": "{key}"}'  # {key}: unique, also the Idempotency-Key
 
 [[node]]
 name = "lb1"

@@ -828,6 +828,22 @@ fn a_bad_app_section_names_its_line() {
         last_line_of(&text, "start_timeout_ms"),
         "greater than zero",
     );
+    let text = with_app(
+        "command = [\"a\"]\ndir = \"x\"\n[app.drill]\nread = \"/r\"\nwrite = \"/w\"\nbody = \"{}\"",
+    );
+    one_error_at(
+        &text,
+        last_line_of(&text, "body = "),
+        "app.drill.body has no {key}",
+    );
+    let text = with_app(
+        "command = [\"a\"]\ndir = \"x\"\n[app.drill]\nread = \"r\"\nwrite = \"/w\"\nbody = \"{key}\"",
+    );
+    one_error_at(
+        &text,
+        last_line_of(&text, "read = \"r\""),
+        "app.drill.read is \"r\", which is not a URL path",
+    );
     let text = with_app("command = [\"a\"]\ndir = \"x\"\nport = 1");
     one_error_at(&text, last_line_of(&text, "port = 1"), "unknown field");
 }

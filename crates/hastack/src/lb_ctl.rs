@@ -66,7 +66,7 @@ pub(crate) fn run(
 }
 
 /// One lb's answer, for a terminal.
-fn render(node: &str, cmd: &Command, a: &Answer) -> String {
+pub(crate) fn render(node: &str, cmd: &Command, a: &Answer) -> String {
     let mut out = String::new();
     match (&a.error, cmd) {
         (Some(e), _) => out.push_str(&format!("{node}: error: {e}\n")),

@@ -111,6 +111,7 @@ pub(crate) fn main(
     } else {
         None
     };
+    let app_settings = topo.app.clone().filter(|_| node.role == Role::App);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -193,8 +194,8 @@ pub(crate) fn main(
         tokio::pin!(run);
         let result = tokio::select! {
             r = &mut run => r,
-            _ = term.recv() => stop(&tx, &mut run, node.role).await,
-            _ = int.recv() => stop(&tx, &mut run, node.role).await,
+            _ = term.recv() => stop(&tx, &mut run, node.role, app_settings.as_ref()).await,
+            _ = int.recv() => stop(&tx, &mut run, node.role, app_settings.as_ref()).await,
         };
         match result {
             Ok(()) => {
@@ -215,15 +216,16 @@ async fn stop(
     tx: &watch::Sender<bool>,
     run: &mut std::pin::Pin<&mut impl std::future::Future<Output = anyhow::Result<()>>>,
     role: Role,
+    app: Option<&hastack_config::AppSettings>,
 ) -> anyhow::Result<()> {
     info!("stopping");
     let _ = tx.send(true);
-    match tokio::time::timeout(crate::deadlines::node_stop(role), run.as_mut()).await {
+    match tokio::time::timeout(crate::deadlines::node_stop(role, app), run.as_mut()).await {
         Ok(r) => r,
         Err(_) => {
             warn!(
                 "did not stop within {:?}; exiting anyway",
-                crate::deadlines::node_stop(role)
+                crate::deadlines::node_stop(role, app)
             );
             Ok(())
         }

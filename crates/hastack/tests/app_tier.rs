@@ -61,6 +61,11 @@ health = "/healthz"
 release = ["php", "migrate.php"]
 env = {{ PHP_CLI_SERVER_WORKERS = "4" }}
 start_timeout_ms = 5000
+
+[app.drill]
+read = "/api/entries?limit=5"
+write = "/api/entries"
+body = '{{"name": "drill", "message": "{{key}}"}}'
 "#,
         dir.display()
     );
@@ -567,4 +572,37 @@ fn nodes_added_to_and_removed_from_the_file_join_and_leave_without_a_failed_requ
     assert!(!refused.status.success());
     let text = String::from_utf8_lossy(&refused.stderr);
     assert!(text.contains("needs a restart of the stack"), "{text}");
+}
+
+#[test]
+fn the_drills_run_against_the_teams_app() {
+    let stack = stack_with_app(&example());
+    for drill in ["app-failover", "db-failover"] {
+        let out = stack.ctl(&["drill", drill, "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("drill {drill}: {text}");
+        assert!(
+            out.status.success(),
+            "drill {drill} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&text).expect("JSON report");
+        let rows = report["drills"].as_array().expect("drills");
+        if drill == "app-failover" {
+            assert_eq!(rows.len(), 2, "the app's process, then the node: {report}");
+            assert!(
+                rows[0]["fault"]
+                    .as_str()
+                    .is_some_and(|f| f.contains("app process")),
+                "{report}"
+            );
+        }
+        for row in rows {
+            assert_eq!(row["writes_lost"], 0, "{row}");
+            assert!(
+                row["writes_acknowledged"].as_u64().unwrap_or(0) > 0,
+                "{row}"
+            );
+        }
+    }
 }

@@ -82,16 +82,25 @@ async fn login(ep: &Endpoint, client: &mut Client) -> io::Result<Option<(Want, U
     client.send(0, &hello.encode()).await?;
     let mut buf = Vec::with_capacity(256);
     let mut seq = read_packet(&mut client.r, &mut buf).await?;
+    let asks_tls = buf.len() == 32
+        && buf
+            .get(..4)
+            .is_some_and(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & cap::SSL != 0);
+    if asks_tls {
+        let msg = "TLS is not offered on this local endpoint: connect without TLS (the hop to the database is TLS)";
+        client
+            .send(seq.wrapping_add(1), &packet::err(1043, "08S01", msg))
+            .await?;
+        return Ok(None);
+    }
     let resp = match HandshakeResponse::parse(&buf) {
         Ok(r) => r,
         Err(e) => {
-            let msg = if buf.len() == 32 {
-                "TLS is not offered on this local endpoint: connect without TLS (the hop to the database is TLS)".to_string()
-            } else {
-                e.to_string()
-            };
             client
-                .send(seq.wrapping_add(1), &packet::err(1043, "08S01", &msg))
+                .send(
+                    seq.wrapping_add(1),
+                    &packet::err(1043, "08S01", &e.to_string()),
+                )
                 .await?;
             return Ok(None);
         }
@@ -193,7 +202,6 @@ async fn relay(
                 match session.movable() {
                     Ok(()) => {
                         debug!(endpoint = ep.side.as_str(), server = %u.server.name, "idle session leaves its server");
-                        ep.left(&u.server);
                         up = None;
                     }
                     Err(why) => {
@@ -214,7 +222,6 @@ async fn relay(
             if let Some(mut u) = up.take() {
                 let _ = write_packet(&mut u.io, 0, &[com::QUIT]).await;
                 let _ = u.io.flush().await;
-                ep.left(&u.server);
             }
             return Ok(End::Client);
         }
@@ -236,7 +243,6 @@ async fn relay(
                 ep.metrics.closed.inc();
                 return Ok(End::Closed("its server left"));
             }
-            ep.left(&u.server);
             up = None;
         }
         let started = Instant::now();
@@ -292,8 +298,7 @@ async fn relay(
                     ep.metrics.retried.inc();
                     debug!(endpoint = ep.side.as_str(), waited = ?started.elapsed(), "a write refused by a fenced server goes to the new primary");
                     if let Some(u) = up.take() {
-                        ep.left(&u.server);
-                        avoid = Some(u.server);
+                        avoid = Some(u.server.clone());
                     }
                     retried = true;
                 }
@@ -307,7 +312,6 @@ async fn relay(
 fn lost(ep: &Endpoint, up: &mut Option<Upstream>, e: &io::Error) -> io::Result<End> {
     if let Some(u) = up.take() {
         info!(endpoint = ep.side.as_str(), server = %u.server.name, error = %e, "the server connection broke during a command: closing the client's (the outcome is unknown to it)");
-        ep.left(&u.server);
     }
     Ok(End::Closed("its server connection broke during a command"))
 }

@@ -298,17 +298,6 @@ impl Endpoint {
         }
     }
 
-    /// A session left `server`.
-    fn left(&self, server: &Server) {
-        self.metrics
-            .sessions
-            .get_or_create(&ServerLabels {
-                endpoint: self.side.as_str(),
-                server: server.name.clone(),
-            })
-            .dec();
-    }
-
     /// A server connection for a session with `want`, its settings replayed: the one
     /// the routes name now, or the next one they name within the wait.
     async fn open(
@@ -330,13 +319,16 @@ impl Endpoint {
                         replay(&mut up, session).await.map_err(OpenError::Replay)?;
                         *self.version.lock().unwrap_or_else(|e| e.into_inner()) =
                             up.version.clone();
-                        self.metrics
+                        let held = self
+                            .metrics
                             .sessions
                             .get_or_create(&ServerLabels {
                                 endpoint: self.side.as_str(),
                                 server: server.name.clone(),
                             })
-                            .inc();
+                            .clone();
+                        held.inc();
+                        up.held = Some(held);
                         if waited {
                             debug!(endpoint = self.side.as_str(), server = %server.name, waited = ?started.elapsed(), "a server after a wait");
                         }

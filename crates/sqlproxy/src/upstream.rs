@@ -89,6 +89,16 @@ pub struct Upstream {
     pub io: BufStream<Pin<Box<dyn Stream>>>,
     /// The server's version string.
     pub version: String,
+    /// The gauge of sessions on this server, decremented when the connection goes.
+    pub(crate) held: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(g) = &self.held {
+            g.dec();
+        }
+    }
 }
 
 /// Reads one physical packet into `buf` (replacing its contents); its sequence number.
@@ -228,5 +238,6 @@ async fn connect_inner(
         server: server.clone(),
         io,
         version: hello.server_version,
+        held: None,
     })
 }

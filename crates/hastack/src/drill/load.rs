@@ -8,6 +8,9 @@
 //!   the same key until it is acknowledged (as a careful client would), then reading
 //!   the post back by id at once (read-your-writes).
 //!
+//! Those are the built-in app's paths; a team's app names its own in `[app.drill]`
+//! ([`DrillTraffic`]).
+//!
 //! At the end, every acknowledged post is read back by id through the VIP: one that is
 //! not there is a write lost.
 //!
@@ -23,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::watch;
+
+use hastack_config::DrillTraffic;
 
 use super::lock;
 use crate::http_get;
@@ -107,6 +112,7 @@ impl Load {
         vip: SocketAddr,
         host: String,
         tag: String,
+        traffic: DrillTraffic,
     ) -> anyhow::Result<Load> {
         let ns = match &netns {
             Some(p) => Some(
@@ -141,7 +147,7 @@ impl Load {
                     return Verified::default();
                 }
             };
-            rt.block_on(clients(sh, vip, host, tag, stopped))
+            rt.block_on(clients(sh, vip, host, tag, Arc::new(traffic), stopped))
         });
         ready_rx
             .recv()
@@ -217,10 +223,24 @@ async fn clients(
     vip: SocketAddr,
     host: String,
     tag: String,
+    traffic: Arc<DrillTraffic>,
     stop: watch::Receiver<bool>,
 ) -> Verified {
-    let reader = tokio::spawn(reader(shared.clone(), vip, host.clone(), stop.clone()));
-    let writer = tokio::spawn(writer(shared.clone(), vip, host.clone(), tag.clone(), stop));
+    let reader = tokio::spawn(reader(
+        shared.clone(),
+        vip,
+        host.clone(),
+        traffic.clone(),
+        stop.clone(),
+    ));
+    let writer = tokio::spawn(writer(
+        shared.clone(),
+        vip,
+        host.clone(),
+        tag.clone(),
+        traffic.clone(),
+        stop,
+    ));
     let _ = reader.await;
     let _ = writer.await;
     let acked = lock(&shared.acked).clone();
@@ -234,7 +254,7 @@ async fn clients(
             unverified += 1;
             continue;
         }
-        match read_back(vip, &host, *id, key).await {
+        match read_back(vip, &host, &traffic, *id, key).await {
             Stored::Yes => unanswered = 0,
             Stored::No => {
                 unanswered = 0;
@@ -290,7 +310,13 @@ async fn send(
     body.filter(|_| ok)
 }
 
-async fn reader(shared: Arc<Shared>, vip: SocketAddr, host: String, stop: watch::Receiver<bool>) {
+async fn reader(
+    shared: Arc<Shared>,
+    vip: SocketAddr,
+    host: String,
+    traffic: Arc<DrillTraffic>,
+    stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
@@ -301,7 +327,7 @@ async fn reader(shared: Arc<Shared>, vip: SocketAddr, host: String, stop: watch:
             vip,
             &host,
             "GET",
-            "/api/posts?limit=5",
+            &traffic.read,
             &[],
             "",
         )
@@ -314,13 +340,14 @@ async fn writer(
     vip: SocketAddr,
     host: String,
     tag: String,
+    traffic: Arc<DrillTraffic>,
     stop: watch::Receiver<bool>,
 ) {
     let mut i = 0u64;
     while !*stop.borrow() {
         let key = format!("{tag}-{i}");
         i += 1;
-        let body = serde_json::json!({ "author": "drill", "body": key }).to_string();
+        let body = traffic.body.replace("{key}", &key);
         let headers = [
             ("content-type", "application/json"),
             ("idempotency-key", key.as_str()),
@@ -332,7 +359,7 @@ async fn writer(
                 vip,
                 &host,
                 "POST",
-                "/api/posts",
+                &traffic.write,
                 &headers,
                 &body,
             )
@@ -351,7 +378,7 @@ async fn writer(
                     vip,
                     &host,
                     "GET",
-                    &format!("/api/posts/{id}"),
+                    &format!("{}/{id}", traffic.write),
                     &[],
                     "",
                 )
@@ -384,12 +411,18 @@ const GIVE_UP_AFTER: u32 = 5;
 
 /// Whether post `id` holds `key`, asked through the VIP (three tries: the stack has
 /// just been through a drill).
-async fn read_back(vip: SocketAddr, host: &str, id: i64, key: &str) -> Stored {
+async fn read_back(
+    vip: SocketAddr,
+    host: &str,
+    traffic: &DrillTraffic,
+    id: i64,
+    key: &str,
+) -> Stored {
     for _ in 0..3 {
         let r = http_get::request(
             vip,
             "GET",
-            &format!("/api/posts/{id}"),
+            &format!("{}/{id}", traffic.write),
             &[("host", host)],
             "",
             TIMEOUT,

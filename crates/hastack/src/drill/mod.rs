@@ -258,11 +258,18 @@ impl Ctx {
             std::process::id(),
             chrono::Utc::now().timestamp_millis() % 1_000_000_000
         );
+        let traffic = match &self.topo.app {
+            None => hastack_config::DrillTraffic::default(),
+            Some(app) => app.drill.clone().context(
+                "the topology runs your own app, and the drills need to know how to read and write through it: add [app.drill] with read, write and body (see `hastack config`)",
+            )?,
+        };
         load::Load::start(
             self.client_netns.clone(),
             self.vip,
             self.topo.site.clone(),
             tag,
+            traffic,
         )
     }
 
@@ -302,7 +309,13 @@ pub(crate) fn run(topo: &Topology, which: Which, json: bool) -> anyhow::Result<E
         record("web-failover", tier::run(&ctx, Role::Web).map(|f| vec![f]));
     }
     if matches!(which, Which::App) || all {
-        record("app-failover", tier::run(&ctx, Role::App).map(|f| vec![f]));
+        let rows = if ctx.topo.app.is_some() {
+            tier::app_process(&ctx)
+                .and_then(|process| Ok(vec![process, tier::run(&ctx, Role::App)?]))
+        } else {
+            tier::run(&ctx, Role::App).map(|f| vec![f])
+        };
+        record("app-failover", rows);
     }
     match which {
         Which::Db { cut_replication } => {

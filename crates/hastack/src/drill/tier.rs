@@ -1,5 +1,8 @@
 //! `drill web-failover` and `drill app-failover`: a node of the tier is SIGKILLed under
 //! traffic (a crash, not a drain), stays down for a few seconds, and is started again.
+//! With the team's own app (`[app]`), `app-failover` first SIGKILLs the app's process
+//! on a node ([`app_process`]): its node must start it again, and the web tier route
+//! around it meanwhile.
 //!
 //! The tier above must route around it (the lb's or web node's health checks and
 //! retries of requests that are safe to retry) and take it back once it answers. The
@@ -116,5 +119,90 @@ pub(super) fn run(ctx: &Ctx, role: Role) -> anyhow::Result<Figures> {
         node: victim,
         back_in_rotation_after_s: back.map(|d| d.as_secs_f64()),
         served_while_down_by,
+    }))
+}
+
+#[derive(Serialize)]
+struct ProcessDetails {
+    node: String,
+    pid: u32,
+    /// From the kill to the app's first answer to its health path again.
+    restarted_after_s: Option<f64>,
+}
+
+/// The app's process on the first healthy app node SIGKILLed under traffic; its node
+/// starts it again with back-off.
+pub(super) fn app_process(ctx: &Ctx) -> anyhow::Result<Figures> {
+    let drill = "app-failover";
+    let process_of = |node: &str| -> anyhow::Result<Option<hastack_status::health::AppProcess>> {
+        let st = ctx.status()?;
+        Ok(st
+            .nodes
+            .into_iter()
+            .find(|n| n.name == node)
+            .and_then(|n| match n.health {
+                Some(hastack_status::Health::App(h)) => h.process,
+                _ => None,
+            }))
+    };
+    let st = ctx.status()?;
+    let victim = st
+        .nodes
+        .iter()
+        .find(|n| n.role == "app" && n.healthy == Some(true))
+        .map(|n| n.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("{drill} needs a healthy app node"))?;
+    let before = process_of(&victim)?
+        .ok_or_else(|| anyhow::anyhow!("{victim} runs no app process of the team's"))?;
+    let pid = before
+        .pid
+        .ok_or_else(|| anyhow::anyhow!("{victim}'s app process has no pid ({})", before.state))?;
+    let load = ctx.load(drill)?;
+    if !load.wait_steady(Instant::now(), Duration::from_secs(1), WAIT, |_| true) {
+        let _ = load.finish();
+        bail!(
+            "the site does not answer steadily through {} before the drill",
+            ctx.vip
+        );
+    }
+    ctx.say(format!(
+        "{drill}: killing {victim}'s app process {pid} (SIGKILL) under traffic"
+    ));
+    let t0 = Instant::now();
+    let raw = i32::try_from(pid).map_err(|_| anyhow::anyhow!("pid {pid}"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(|e| anyhow::anyhow!("killing {victim}'s app process {pid}: {e}"))?;
+    let mut restarted = None;
+    while t0.elapsed() < WAIT {
+        if let Some(p) = process_of(&victim)?
+            && p.state == "ready"
+            && p.pid != Some(pid)
+        {
+            restarted = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t1 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let traffic = load.finish();
+    let mut f = Figures::of(
+        drill,
+        format!("kill {victim}'s app process"),
+        &traffic,
+        t0,
+        t1,
+    );
+    f.check(
+        restarted.is_some(),
+        format!("{victim} did not start its app again within {WAIT:?}"),
+    );
+    Ok(f.done(ProcessDetails {
+        node: victim,
+        pid,
+        restarted_after_s: restarted.map(|d| d.as_secs_f64()),
     }))
 }

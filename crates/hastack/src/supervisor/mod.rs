@@ -194,6 +194,7 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
                     netns: network.as_ref().map(|net| net.path(&n.name)),
                     admin: topo.admin_addr(n),
                     app: None,
+                    app_settings: topo.app.clone().filter(|_| n.role == Role::App),
                 };
                 NodeHandle::spawn(n.clone(), launch)
             })
@@ -206,6 +207,7 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
             netns: None,
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             app: None,
+            app_settings: None,
         };
         Arc::new(Supervisor {
             launch,

@@ -45,6 +45,8 @@ pub(super) struct Launch {
     /// App nodes with `[app]`: the version of the app to run (`None`: `[app] dir`),
     /// and whether its release already ran (a deploy runs it once for all nodes).
     pub(super) app: Option<(PathBuf, bool)>,
+    /// App nodes with `[app]`: its settings (its deadlines derive from them).
+    pub(super) app_settings: Option<hastack_config::AppSettings>,
 }
 
 impl Launch {
@@ -254,7 +256,7 @@ impl Task {
                 let _ = reply.send(Err(format!(
                     "{} is still starting: not ready within {:?} (last: {})",
                     self.node.name,
-                    deadlines::ready(self.node.role),
+                    deadlines::ready(self.node.role, self.launch.app_settings.as_ref()),
                     s.last
                 )));
             } else {
@@ -272,7 +274,8 @@ impl Task {
                 let now = Instant::now();
                 self.starting = Some(Starting {
                     since: now,
-                    deadline: now + deadlines::ready(self.node.role),
+                    deadline: now
+                        + deadlines::ready(self.node.role, self.launch.app_settings.as_ref()),
                     waiters: vec![reply],
                     last: "no answer yet".into(),
                 });
@@ -441,7 +444,7 @@ impl Task {
                 let why = format!(
                     "{} failed to start: not ready within {:?} (last: {}; log: {})",
                     self.node.name,
-                    deadlines::ready(self.node.role),
+                    deadlines::ready(self.node.role, self.launch.app_settings.as_ref()),
                     starting.last,
                     last_error_line(&self.launch.log_path(&self.node.name))
                 );
@@ -486,7 +489,7 @@ impl Task {
             }
         }
         self.probe = None;
-        let grace = deadlines::supervisor_stop(self.node.role);
+        let grace = deadlines::supervisor_stop(self.node.role, self.launch.app_settings.as_ref());
         match &mut self.stopping {
             Some(s) => {
                 s.waiters.push(reply);
@@ -527,7 +530,7 @@ impl Task {
             println!(
                 "hastack: {} did not stop within {:?}; killing it",
                 self.node.name,
-                deadlines::supervisor_stop(self.node.role)
+                deadlines::supervisor_stop(self.node.role, self.launch.app_settings.as_ref())
             );
             let _ = kill(s.pid, Signal::SIGKILL);
             s.escalated = true;

@@ -124,13 +124,42 @@ impl Supervisor {
         *self.topo.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
 
         // The tiers above read the file: added nodes join their pools once healthy,
-        // removed ones leave them.
+        // removed ones leave them. The lbs answer with what they changed.
         for h in self.nodes() {
-            if matches!(h.node.role, Role::Lb | Role::Web)
-                && h.view().state.alive()
-                && let Err(e) = h.reload().await
-            {
-                println!("hastack: reload: {e}");
+            if !h.view().state.alive() {
+                continue;
+            }
+            match h.node.role {
+                Role::Web => {
+                    if let Err(e) = h.reload().await {
+                        println!("hastack: reload: {e}");
+                    }
+                }
+                Role::Lb => {
+                    let (state_dir, name) = (self.state_dir.clone(), h.node.name.clone());
+                    let cmd = hastack_lb::control::Command::Reload;
+                    let answer = tokio::task::spawn_blocking(move || {
+                        hastack_lb::control::send(&state_dir, &name, &cmd)
+                    })
+                    .await;
+                    match answer {
+                        Ok(Ok(a)) => report.push(
+                            crate::lb_ctl::render(
+                                &h.node.name,
+                                &hastack_lb::control::Command::Reload,
+                                &a,
+                            )
+                            .trim_end()
+                            .to_string(),
+                        ),
+                        _ => {
+                            if let Err(e) = h.reload().await {
+                                println!("hastack: reload: {e}");
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         for h in &new_handles {
@@ -193,6 +222,7 @@ impl Supervisor {
             netns: None,
             admin: topo.admin_addr(n),
             app,
+            app_settings: topo.app.clone().filter(|_| n.role == Role::App),
         };
         let h = NodeHandle::spawn(n.clone(), launch);
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
