@@ -348,15 +348,8 @@ pub async fn run(
     let Some(app) = &topo.app else {
         return Err(AppHostError::Config("the topology has no [app]".into()));
     };
-    app.check_on_this_host().map_err(|errors| {
-        AppHostError::Config(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    app.check_on_this_host()
+        .map_err(|errors| AppHostError::Config(errors.to_string()))?;
     let host = local_host(topo, node.address);
     let mut registry = Registry::default();
     // The order of a stop: the front drains its requests, then the app stops, then the

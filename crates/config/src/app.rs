@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use crate::ConfigError;
+use crate::{ConfigError, ConfigErrors};
 
 /// Environment variables hastack sets for the app itself; `[app] env` may not set them.
 pub const RESERVED_ENV: [&str; 10] = [
@@ -270,13 +270,13 @@ impl AppSettings {
     /// Checks, on this host, that `dir` is a directory and that the command's program
     /// (and the release's) can be run: a path is taken from `dir`, a bare name is
     /// looked up in `PATH`. The only I/O of this crate besides reading the file.
-    pub fn check_on_this_host(&self) -> Result<(), Vec<ConfigError>> {
+    pub fn check_on_this_host(&self) -> Result<(), ConfigErrors> {
         self.check_in(&self.dir)
     }
 
     /// Like [`AppSettings::check_on_this_host`], with the app's files in `dir`
     /// (a new version being deployed).
-    pub fn check_in(&self, dir: &Path) -> Result<(), Vec<ConfigError>> {
+    pub fn check_in(&self, dir: &Path) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
@@ -290,7 +290,7 @@ impl AppSettings {
             )),
         }
         if !errors.is_empty() {
-            return Err(errors);
+            return Err(ConfigErrors(errors));
         }
         let programs = std::iter::once(("app.command", &self.command))
             .chain(self.release.iter().map(|r| ("app.release", r)));
@@ -308,7 +308,7 @@ impl AppSettings {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors)
+            Err(ConfigErrors(errors))
         }
     }
 }

@@ -865,7 +865,7 @@ fn the_host_check_finds_the_directory_and_the_programs() {
         Ok(())
     );
     let missing = load("command = [\"sh\"]\ndir = \"nowhere\"").check_on_this_host();
-    let e = &missing.expect_err("no such dir")[0];
+    let e = &missing.expect_err("no such dir").0[0];
     assert!(
         e.message.contains("app.dir") && e.message.contains("cannot be read"),
         "{e}"
@@ -873,15 +873,18 @@ fn the_host_check_finds_the_directory_and_the_programs() {
     assert!(e.line > 0, "{e}");
     let e = &load("command = [\"no-such-program-hastack\"]\ndir = \"app\"")
         .check_on_this_host()
-        .expect_err("not found")[0];
+        .expect_err("not found")
+        .0[0];
     assert!(e.message.contains("is not found in PATH"), "{e}");
     let e = &load("command = [\"./run.sh\"]\ndir = \"app\"")
         .check_on_this_host()
-        .expect_err("not executable")[0];
+        .expect_err("not executable")
+        .0[0];
     assert!(e.message.contains("is not executable"), "{e}");
     let e = &load("command = [\"sh\"]\ndir = \"app\"\nrelease = [\"./migrate\"]")
         .check_on_this_host()
-        .expect_err("release not found")[0];
+        .expect_err("release not found")
+        .0[0];
     assert!(
         e.message.contains("app.release: `./migrate` is not found"),
         "{e}"

@@ -613,9 +613,7 @@ fn check(config: &ConfigArg) -> anyhow::Result<ExitCode> {
                 && t.mode != hastack_config::Mode::Hosts
                 && let Err(errors) = app.check_on_this_host()
             {
-                for e in errors {
-                    eprintln!("{e}");
-                }
+                eprintln!("{errors}");
                 return Ok(ExitCode::from(2));
             }
             let source = t.source.display();

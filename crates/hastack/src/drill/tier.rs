@@ -58,14 +58,7 @@ pub(super) fn run(ctx: &Ctx, role: Role) -> anyhow::Result<Figures> {
         .filter(|n| n.role == role.as_str())
         .map(|n| n.name.clone())
         .collect();
-    let load = ctx.load(drill)?;
-    if !load.wait_steady(Instant::now(), Duration::from_secs(1), WAIT, |_| true) {
-        let _ = load.finish();
-        bail!(
-            "the site does not answer steadily through {} before the drill",
-            ctx.vip
-        );
-    }
+    let load = steady_load(ctx, drill)?;
     ctx.say(format!("{drill}: killing {victim} (SIGKILL) under traffic"));
     let t0 = Instant::now();
     ctx.order("kill", &victim)?;
@@ -157,14 +150,7 @@ pub(super) fn app_process(ctx: &Ctx) -> anyhow::Result<Figures> {
     let pid = before
         .pid
         .ok_or_else(|| anyhow::anyhow!("{victim}'s app process has no pid ({})", before.state))?;
-    let load = ctx.load(drill)?;
-    if !load.wait_steady(Instant::now(), Duration::from_secs(1), WAIT, |_| true) {
-        let _ = load.finish();
-        bail!(
-            "the site does not answer steadily through {} before the drill",
-            ctx.vip
-        );
-    }
+    let load = steady_load(ctx, drill)?;
     ctx.say(format!(
         "{drill}: killing {victim}'s app process {pid} (SIGKILL) under traffic"
     ));
@@ -205,4 +191,17 @@ pub(super) fn app_process(ctx: &Ctx) -> anyhow::Result<Figures> {
         pid,
         restarted_after_s: restarted.map(|d| d.as_secs_f64()),
     }))
+}
+
+/// The users' traffic, once the site has answered it steadily for a second.
+fn steady_load(ctx: &Ctx, drill: &str) -> anyhow::Result<super::load::Load> {
+    let load = ctx.load(drill)?;
+    if !load.wait_steady(Instant::now(), Duration::from_secs(1), WAIT, |_| true) {
+        let _ = load.finish();
+        bail!(
+            "the site does not answer steadily through {} before the drill",
+            ctx.vip
+        );
+    }
+    Ok(load)
 }

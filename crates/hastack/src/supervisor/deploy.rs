@@ -36,13 +36,7 @@ impl Supervisor {
             .try_lock()
             .map_err(|_| "a deploy is already under way".to_string())?;
         let dir = dir.map_or_else(|| app.dir.clone(), PathBuf::from);
-        app.check_in(&dir).map_err(|errors| {
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+        app.check_in(&dir).map_err(|errors| errors.to_string())?;
         let previous = self
             .app_dir
             .lock()

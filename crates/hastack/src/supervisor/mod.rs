@@ -141,16 +141,8 @@ pub(crate) fn up(config: &Option<PathBuf>, isolated: bool) -> anyhow::Result<Exi
         hastack_tls::node::site_certificates(&t).context("checking the site's certificates")?;
     }
     if let Some(app) = &topo.app {
-        app.check_on_this_host().map_err(|errors| {
-            anyhow::anyhow!(
-                "{}",
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        app.check_on_this_host()
+            .map_err(|errors| anyhow::anyhow!("{errors}"))?;
     }
     let cwd = std::env::current_dir()?;
     let config_path = match config {

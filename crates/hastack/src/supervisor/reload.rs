@@ -86,13 +86,8 @@ impl Supervisor {
             }
         }
         if let Some(app) = &new.app {
-            app.check_on_this_host().map_err(|errors| {
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
+            app.check_on_this_host()
+                .map_err(|errors| errors.to_string())?;
         }
         if new.tls.internal && !added.is_empty() {
             hastack_tls::pki::Pki::new(&self.state_dir)
