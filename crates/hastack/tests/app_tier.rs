@@ -51,6 +51,11 @@ fn version_of_example(dir: &Path, version: &str) -> PathBuf {
 
 /// A stack running the example app from `dir`.
 fn stack_with_app(dir: &Path) -> Stack {
+    stack_with_app_and(dir, "")
+}
+
+/// Like [`stack_with_app`], with `extra` appended to the topology.
+fn stack_with_app_and(dir: &Path, extra: &str) -> Stack {
     require_php();
     let section = format!(
         r#"
@@ -69,7 +74,9 @@ body = '{{"name": "drill", "message": "{{key}}"}}'
 "#,
         dir.display()
     );
-    Stack::up_edited(Options { sqlite: false }, |t| format!("{t}{section}"))
+    Stack::up_edited(Options { sqlite: false }, |t| {
+        format!("{t}{section}{extra}")
+    })
 }
 
 /// An entry posted through the VIP with an idempotency key, retried until acknowledged
@@ -403,8 +410,19 @@ fn primary_name(stack: &Stack) -> String {
 fn deploy_rolls_a_version_without_a_failed_request_and_refuses_bad_ones() {
     let versions = tempfile::tempdir().expect("tempdir");
     let v1 = version_of_example(versions.path(), "1");
-    let stack = stack_with_app(&v1);
+    // The site's static files, which a deploy reads again.
+    let site = versions.path().join("site");
+    std::fs::create_dir(&site).expect("mkdir");
+    std::fs::write(site.join("notice.txt"), "version 1 of the notice\n").expect("write");
+    let stack = stack_with_app_and(&v1, &format!("\n[web]\nroot = \"{}\"\n", site.display()));
+    let notice = || {
+        http(stack.vip(), "GET", "/notice.txt", &[], "")
+            .expect("notice")
+            .body
+    };
+    assert!(notice().contains("version 1"));
     let v2 = version_of_example(versions.path(), "2");
+    std::fs::write(site.join("notice.txt"), "version 2 of the notice\n").expect("write");
 
     let load = Load::start(&stack);
     std::thread::sleep(Duration::from_secs(1));
@@ -436,6 +454,12 @@ fn deploy_rolls_a_version_without_a_failed_request_and_refuses_bad_ones() {
         let r = http(stack.vip(), "GET", "/api/entries", &[], "").expect("get");
         assert_eq!(r.header("x-app-version"), Some("2"), "{:?}", r.headers);
     }
+    assert!(out.contains("the site's files read again"), "{out}");
+    eventually(
+        "every web node serving the new static files",
+        Duration::from_secs(10),
+        || (0..6).all(|_| notice().contains("version 2")).then_some(()),
+    );
 
     // A release that fails: no node changes.
     let v3 = version_of_example(versions.path(), "3");

@@ -533,7 +533,7 @@ pub fn respond(method: &Method, req: &HeaderMap, file: &StaticFile) -> Response<
 /// 400; a directory without its `/` is redirected to it; anything else goes on.
 #[derive(Debug)]
 pub struct Static {
-    site: StaticSite,
+    site: arc_swap::ArcSwap<StaticSite>,
     proxy: Arc<Proxy>,
     hits: Counter,
 }
@@ -541,11 +541,22 @@ pub struct Static {
 impl Static {
     /// `site` answered with `proxy`'s stamp; answers counted in `hits`.
     pub fn new(site: StaticSite, proxy: Arc<Proxy>, hits: Counter) -> Arc<Static> {
-        Arc::new(Static { site, proxy, hits })
+        Arc::new(Static {
+            site: arc_swap::ArcSwap::from_pointee(site),
+            proxy,
+            hits,
+        })
+    }
+
+    /// Serves `site` from now on (a reload); requests under way finish with the old
+    /// one, whose files go when the last of them does.
+    pub fn replace(&self, site: StaticSite) {
+        self.site.store(Arc::new(site));
     }
 
     /// The answer for `call` when it is this layer's to give.
     fn answer(&self, call: &Call) -> Option<Response<ProxyBody>> {
+        let site = self.site.load();
         let req = &call.req;
         let path = match site_path(req.uri().path()) {
             Ok(p) => p,
@@ -558,8 +569,8 @@ impl Static {
             Err(BadPath::NotAName) => return None,
         };
         let readable = req.method() == Method::GET || req.method() == Method::HEAD;
-        let Some(file) = self.site.get(&path) else {
-            if readable && self.site.is_index_dir(&path) {
+        let Some(file) = site.get(&path) else {
+            if readable && site.is_index_dir(&path) {
                 let mut resp = self
                     .proxy
                     .local_response(StatusCode::MOVED_PERMANENTLY, "a directory: see Location");

@@ -95,6 +95,8 @@ pub struct Layers {
     pub layers: Vec<Arc<dyn Layer>>,
     /// The microcache among them.
     pub cache: Option<Arc<cache::Microcache>>,
+    /// The static files among them (a reload replaces the site).
+    pub files: Arc<files::Static>,
 }
 
 /// The web node's layers in front of `proxy`, as `[web]` asks.
@@ -114,7 +116,8 @@ pub fn layers(
     let pages = (!web.error_pages.is_empty())
         .then(|| files::ErrorPages::new(&web.error_pages, &site))
         .transpose()?;
-    layers.push(files::Static::new(site, proxy.clone(), static_hits));
+    let files = files::Static::new(site, proxy.clone(), static_hits);
+    layers.push(files.clone());
     if let Some(p) = pages {
         layers.push(p);
     }
@@ -126,7 +129,11 @@ pub fn layers(
     if web.compress {
         layers.push(compress::Compress::new(web.compress_min_bytes, registry));
     }
-    Ok(Layers { layers, cache })
+    Ok(Layers {
+        layers,
+        cache,
+        files,
+    })
 }
 
 /// Runs web node `name` until `shutdown` turns true.
@@ -142,10 +149,11 @@ pub async fn run(
     run_with(topo, name, shutdown, None).await
 }
 
-/// Like [`run`]; each message on the receiver (SIGHUP, `hastack reload`) reads the
-/// file again with the loader and takes its app nodes into the pool: a new one once
-/// its health checks pass, a removed one gets no new request (those it has finish).
-/// Nothing else of the file is applied before a restart.
+/// Like [`run`]; each message on the receiver (SIGHUP, `hastack reload`, the end of
+/// `hastack deploy`) reads the file again with the loader, takes its app nodes into the
+/// pool (a new one once its health checks pass, a removed one gets no new request;
+/// those it has finish) and reads `[web] root` again from disk. Nothing else of the
+/// file is applied before a restart.
 pub async fn run_with(
     topo: &Topology,
     name: &str,
@@ -204,7 +212,11 @@ pub async fn run_with(
     opts.access_log = hastack_proxy::access_log::open_for(topo, name, shutdown.clone());
     let proxy = Proxy::new(opts, pool.clone(), &mut registry);
     let files = site.len();
-    let Layers { layers, cache } = layers(&topo.web, site, &proxy, &mut registry)?;
+    let Layers {
+        layers,
+        cache,
+        files: static_files,
+    } = layers(&topo.web, site, &proxy, &mut registry)?;
 
     let service_addr = SocketAddr::from((node.address, topo.ports.web));
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
@@ -233,16 +245,35 @@ pub async fn run_with(
         let pool = pool.clone();
         tokio::spawn(async move {
             while requests.recv().await.is_some() {
-                match load() {
-                    Ok(t) => {
-                        let opts = hastack_proxy::PoolOptions {
-                            weights: hastack_proxy::PoolOptions::weights_of(&t, Role::App),
-                            ..Default::default()
-                        };
-                        let changes = pool.update(&t.endpoints(Role::App), opts);
-                        info!(changes = ?changes, "reload: the app nodes of the file");
+                let t = match load() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(error = %e, "reload: the file does not load; nothing changed");
+                        continue;
                     }
-                    Err(e) => warn!(error = %e, "reload: the file does not load; nothing changed"),
+                };
+                let opts = hastack_proxy::PoolOptions {
+                    weights: hastack_proxy::PoolOptions::weights_of(&t, Role::App),
+                    ..Default::default()
+                };
+                let changes = pool.update(&t.endpoints(Role::App), opts);
+                info!(changes = ?changes, "reload: the app nodes of the file");
+                // The site's files as they are on disk now (a deploy's new version);
+                // the built-in site is part of the binary.
+                if let Some(root) = t.web.root.clone() {
+                    let opts = SiteOptions::of(&t.web);
+                    let loaded =
+                        tokio::task::spawn_blocking(move || StaticSite::load(&root, &opts)).await;
+                    match loaded {
+                        Ok(Ok(site)) => {
+                            info!(files = site.len(), "reload: the site's files read again");
+                            static_files.replace(site);
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "reload: the site's files do not load; the old ones stay")
+                        }
+                        Err(e) => warn!(error = %e, "reload: reading the site's files failed"),
+                    }
                 }
             }
         });

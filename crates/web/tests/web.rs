@@ -95,7 +95,7 @@ async fn web(
         &mut registry,
     );
     let proxy = Proxy::new(ProxyOptions::new("web1"), pool, &mut registry);
-    let hastack_web::Layers { layers, cache } =
+    let hastack_web::Layers { layers, cache, .. } =
         hastack_web::layers(&settings, site, &proxy, &mut registry).expect("layers");
     let chain = Chain::new(proxy, layers);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -12,6 +12,8 @@
 //!    before it moves on. A node whose new version never gets healthy is started
 //!    again with the version it ran, and the rollout stops there: the nodes not yet
 //!    reached were never touched.
+//! 3. Every web node reads `[web] root` again (SIGHUP), so the site's static files are
+//!    those on disk now (with `root` under a `current` link, the new release's).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -125,6 +127,15 @@ impl Supervisor {
             done.push(name.clone());
         }
         *self.app_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.clone());
+        // The web tier's static files, as they are on disk now.
+        if topo.web.root.is_some() {
+            for h in self.nodes() {
+                if h.node.role == Role::Web && h.view().state.alive() {
+                    h.reload().await?;
+                }
+            }
+            report.push("web nodes: the site's files read again".into());
+        }
         report.push(format!(
             "deployed {} in {:.1} s",
             dir.display(),
