@@ -177,6 +177,8 @@ async fn relay(
     let mut session = Session::default();
     let mut routes = ep.routes.clone();
     let mut buf = Vec::with_capacity(16 * 1024);
+    // The answers' packets, one buffer for the connection's life.
+    let mut answer_buf = Vec::with_capacity(16 * 1024);
     loop {
         let idle = tokio::select! {
             r = client.r.fill_buf() => match r {
@@ -287,7 +289,16 @@ async fn relay(
                 session.answered(&Default::default());
                 break;
             }
-            match answer(ep, client, &mut up, shape, movable && !retried).await? {
+            match answer(
+                ep,
+                client,
+                &mut up,
+                shape,
+                movable && !retried,
+                &mut answer_buf,
+            )
+            .await?
+            {
                 Answered::Done(outcome) => {
                     session.answered(&outcome);
                     break;
@@ -330,16 +341,16 @@ async fn answer(
     up: &mut Option<Upstream>,
     shape: Shape,
     may_retry: bool,
+    buf: &mut Vec<u8>,
 ) -> io::Result<Answered> {
     let Some(u) = up.as_mut() else {
         return Ok(Answered::Lost(io::Error::other("no server connection")));
     };
     let mut tracker = Tracker::new(shape);
-    let mut buf = Vec::with_capacity(16 * 1024);
     let mut continuation = false;
     let mut first = true;
     loop {
-        let seq = match read_packet(&mut u.io, &mut buf).await {
+        let seq = match read_packet(&mut u.io, buf).await {
             Ok(s) => s,
             Err(e) => return Ok(Answered::Lost(e)),
         };
@@ -347,19 +358,19 @@ async fn answer(
             && may_retry
             && ep.side == crate::Side::Writer
             && buf.first() == Some(&0xff)
-            && packet::parse_err(&buf).is_ok_and(|(code, _)| code == ER_READ_ONLY)
+            && packet::parse_err(buf).is_ok_and(|(code, _)| code == ER_READ_ONLY)
         {
             return Ok(Answered::ReadOnly);
         }
         first = false;
         client.w.write_all(&packet::header(buf.len(), seq)).await?;
-        client.w.write_all(&buf).await?;
+        client.w.write_all(buf).await?;
         let was_continuation = continuation;
         continuation = buf.len() == MAX_PAYLOAD;
         if was_continuation {
             continue;
         }
-        match tracker.feed(&buf) {
+        match tracker.feed(buf) {
             Ok(Step::More) => {}
             Ok(Step::Done(o)) if !continuation => return Ok(Answered::Done(o)),
             Ok(Step::Done(_)) => {

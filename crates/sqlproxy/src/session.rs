@@ -70,7 +70,13 @@ impl Session {
             }
             _ => Effect::Plain,
         };
-        self.pending = Some((command, effect, payload.to_vec()));
+        // Only what is replayed is kept: most commands are not.
+        let kept = if effect == Effect::Replay {
+            payload.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.pending = Some((command, effect, kept));
     }
 
     /// The answer to the last command ended as `outcome`.
