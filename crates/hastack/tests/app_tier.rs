@@ -255,6 +255,7 @@ impl Session {
                 "-u",
                 "foobar",
                 "--skip-ssl",
+                "--skip-reconnect",
                 "-N",
                 "-B",
                 "-n",
@@ -279,6 +280,25 @@ impl Session {
         self.out.read_line(&mut line).expect("read");
         assert!(!line.is_empty(), "the session ended at `{sql}`");
         line.trim().to_string()
+    }
+}
+
+impl Session {
+    /// Whether `sql` fails (the client says so and ends: its connection is gone).
+    fn fails(&mut self, sql: &str) -> bool {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        if writeln!(stdin, "{sql};")
+            .and_then(|()| stdin.flush())
+            .is_err()
+        {
+            return true;
+        }
+        let mut line = String::new();
+        let _ = self.out.read_line(&mut line);
+        let exited = eventually("the client to end", Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten()
+        });
+        line.is_empty() && !exited.success()
     }
 }
 
@@ -313,12 +333,16 @@ fn the_teams_app_follows_a_failover_and_survives_its_own_crash() {
     assert_eq!(h["process"]["state"], "ready", "{h}");
     assert_eq!(endpoint(&h, "writer")["target"], before.as_str(), "{h}");
 
-    // An idle session of a real client, on app1's writer endpoint.
-    let mut idle = Session::open(
-        &stack,
-        endpoint(&h, "writer")["address"].as_str().expect("address"),
-    );
+    // An idle session of a real client, on app1's writer endpoint, and one that holds
+    // a transaction open (it cannot move: it must be closed, so its pool reconnects).
+    let writer_address = endpoint(&h, "writer")["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let mut idle = Session::open(&stack, &writer_address);
     let server_before = idle.one("SELECT @@server_id");
+    let mut in_transaction = Session::open(&stack, &writer_address);
+    in_transaction.one("BEGIN; SELECT COUNT(*) FROM guestbook_entries");
 
     let load = Load::start(&stack);
     std::thread::sleep(Duration::from_secs(2));
@@ -349,6 +373,18 @@ fn the_teams_app_follows_a_failover_and_survives_its_own_crash() {
     assert!(
         writer["moved"].as_u64().unwrap_or(0) + writer["waits"].as_u64().unwrap_or(0) > 0,
         "the writer endpoint saw the failover: {writer}"
+    );
+
+    // The session inside a transaction was closed: its next statement finds no server.
+    assert!(
+        in_transaction.fails("SELECT 1"),
+        "a session with an open transaction must not move to the new primary"
+    );
+    assert!(
+        endpoint(&app_health(&stack, "app1"), "writer")["closed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
     );
 
     // The idle session goes on, on the new primary, without an error.

@@ -289,16 +289,10 @@ async fn relay(
                 session.answered(&Default::default());
                 break;
             }
-            match answer(
-                ep,
-                client,
-                &mut up,
-                shape,
-                movable && !retried,
-                &mut answer_buf,
-            )
-            .await?
-            {
+            // Only a command of one packet can be sent again: the continuations of a
+            // long one are gone.
+            let may_resend = movable && !retried && buf.len() < MAX_PAYLOAD;
+            match answer(ep, client, &mut up, shape, may_resend, &mut answer_buf).await? {
                 Answered::Done(outcome) => {
                     session.answered(&outcome);
                     break;
