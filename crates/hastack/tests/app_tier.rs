@@ -423,11 +423,20 @@ fn the_teams_app_follows_a_failover_and_survives_its_own_crash() {
             .is_some_and(|e| e.contains("SIGKILL") || e.contains("9")),
         "{restarted}"
     );
+    // Only a request inside the process when it died can fail (a 502 naming the node:
+    // its answer was cut); those that came while it restarted waited for it, or went
+    // to app2 once the web tier saw app1 down.
+    let failed: Vec<&String> = seen
+        .read_failures
+        .iter()
+        .chain(&seen.write_failures)
+        .collect();
     assert!(
-        seen.read_failures.is_empty() && seen.write_failures.is_empty(),
-        "requests failed while the app restarted: {:?} {:?}",
-        seen.read_failures,
-        seen.write_failures
+        failed.len() <= 2
+            && failed
+                .iter()
+                .all(|f| f.starts_with("502") && f.contains("app1")),
+        "requests failed while the app restarted: {failed:?}"
     );
     assert!(unread(&stack, &seen.acknowledged).is_empty());
 }
