@@ -65,12 +65,30 @@ impl Health {
                 let up = h.upstreams.iter().filter(|u| u.healthy).count();
                 format!("{up}/{} app nodes up", h.upstreams.len())
             }
-            Health::App(h) => format!(
-                "db {}, reads {}, writes {}",
-                h.db,
-                if h.can_read { "ok" } else { "NO" },
-                if h.can_write { "ok" } else { "NO" }
-            ),
+            Health::App(h) => {
+                let db = format!(
+                    "db {}, reads {}, writes {}",
+                    h.db,
+                    if h.can_read { "ok" } else { "NO" },
+                    if h.can_write { "ok" } else { "NO" }
+                );
+                match &h.process {
+                    // The team's app: its process, then where its writer points.
+                    Some(p) => {
+                        let writer = h
+                            .endpoints
+                            .iter()
+                            .find(|e| e.name == "writer")
+                            .map(|e| match &e.target {
+                                Some(t) => format!(", writer → {t}"),
+                                None => ", writer waiting".into(),
+                            })
+                            .unwrap_or_default();
+                        format!("app {}, {db}{writer}", p.state)
+                    }
+                    None => db,
+                }
+            }
             Health::Db(h) => h.summary(),
             Health::Dns(h) => format!("zone {} serial {}", h.zone, h.serial),
         }
@@ -512,5 +530,39 @@ mod tests {
             o.semi_sync_clients = Some(2);
         }
         assert_eq!(p.summary(), "primary, semi-sync ON (2 acking), gtid 0-1-7");
+
+        let mut app = AppHealth {
+            node: "app1".into(),
+            db: "mariadb".into(),
+            can_read: true,
+            can_write: true,
+            primary: Some("db2".into()),
+            replicas: vec![],
+            problem: None,
+            db_tls: None,
+            traffic: Traffic::default(),
+            process: None,
+            endpoints: vec![],
+        };
+        assert_eq!(
+            Health::App(app.clone()).summary(),
+            "db mariadb, reads ok, writes ok",
+            "the built-in app"
+        );
+        app.process = Some(AppProcess {
+            state: "ready".into(),
+            ..AppProcess::default()
+        });
+        app.endpoints = vec![DbEndpoint {
+            name: "writer".into(),
+            target: Some("db2".into()),
+            ..DbEndpoint::default()
+        }];
+        assert_eq!(
+            Health::App(app.clone()).summary(),
+            "app ready, db mariadb, reads ok, writes ok, writer → db2"
+        );
+        app.endpoints[0].target = None;
+        assert!(Health::App(app).summary().ends_with("writer waiting"));
     }
 }
