@@ -19,6 +19,7 @@ pub mod process;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::{Response, StatusCode};
@@ -274,33 +275,25 @@ async fn open_db(
 }
 
 /// Runs `[app] release` with the app's environment, holding a MariaDB named lock on
-/// the writer endpoint so that app nodes starting together run it one after another.
+/// the writer endpoint (when there is a database) so that app nodes starting together
+/// run it one after another.
 async fn release(
     node: &str,
     app: &AppSettings,
     env: &[(String, String)],
-    db: Option<&DbSide>,
     tail: &Tail,
 ) -> Result<(), AppHostError> {
     let Some(argv) = &app.release else {
         return Ok(());
     };
-    let lock = match db {
-        Some(db) => {
-            let url = env
-                .iter()
-                .find(|(k, _)| k == "DATABASE_URL")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let _ = db;
-            match lock_release(&url).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    warn!(error = %e, "could not take the release lock; running the release without it");
-                    None
-                }
+    let lock = match env.iter().find(|(k, _)| k == "DATABASE_URL") {
+        Some((_, url)) => match lock_release(url).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(error = %e, "could not take the release lock; running the release without it");
+                None
             }
-        }
+        },
         None => None,
     };
     info!(command = %argv.join(" "), "running the release command");
@@ -387,7 +380,7 @@ pub async fn run(
     );
     let tail = Tail::default();
     if opts.release_only {
-        return release(name, app, &env, db.as_ref(), &tail).await;
+        return release(name, app, &env, &tail).await;
     }
     let run_dir = topo.state_dir.join("app");
     std::fs::create_dir_all(&run_dir)
@@ -401,7 +394,7 @@ pub async fn run(
         );
     }
     if !opts.skip_release {
-        release(name, app, &env, db.as_ref(), &tail).await?;
+        release(name, app, &env, &tail).await?;
     }
 
     let spec = Spec {
@@ -437,39 +430,7 @@ pub async fn run(
     }
     early_stop.abort();
 
-    // The front: the web tier's requests go to the process through the same proxy as
-    // every tier; the pool holds the one process, at its address of the moment.
-    let process_addr = proc.borrow().addr;
-    let pool = Pool::new(
-        "app",
-        &process_addr
-            .map(|a| vec![(name.to_string(), a)])
-            .unwrap_or_default(),
-        None,
-        &mut registry,
-    );
-    {
-        let pool = pool.clone();
-        let mut proc = proc.clone();
-        let name = name.to_string();
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut current = process_addr;
-            loop {
-                tokio::select! {
-                    r = proc.changed() => if r.is_err() { return },
-                    _ = shutdown.changed() => return,
-                }
-                let addr = proc.borrow_and_update().addr;
-                if addr != current {
-                    current = addr;
-                    if let Some(a) = addr {
-                        pool.update(&[(name.clone(), a)], hastack_proxy::PoolOptions::default());
-                    }
-                }
-            }
-        });
-    }
+    let pool = process_pool(name, proc.clone(), &mut registry, shutdown.clone());
     let opts = ProxyOptions::new(name).with_http(&topo.http);
     let proxy = Proxy::new(opts, pool, &mut registry);
 
@@ -485,21 +446,7 @@ pub async fn run(
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;
     let door = hastack_runtime::front_door::FrontDoor::for_topology(&topo.http, &mut registry);
 
-    // SIGUSR1 (from `hastack deploy`): answer the web tier's checks 503 so that it
-    // takes this node out, while requests already sent here are still served.
-    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let draining = draining.clone();
-        let mut usr1 =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-                .map_err(|e| AppHostError::Config(format!("SIGUSR1: {e}")))?;
-        tokio::spawn(async move {
-            while usr1.recv().await.is_some() {
-                info!("draining: the web tier's checks now fail here; requests in flight go on");
-                draining.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        });
-    }
+    let draining = drain_on_usr1()?;
     let db = db.map(Arc::new);
     let probe = {
         let proc = proc.clone();
@@ -531,35 +478,13 @@ pub async fn run(
         listener,
         serving,
         move |req: hyper::Request<hyper::body::Incoming>, peer| {
-            let proxy = proxy.clone();
-            let mut proc = proc.clone();
-            let draining = draining.load(std::sync::atomic::Ordering::Relaxed);
-            async move {
-                if req.uri().path() == "/healthz" {
-                    return front_health(&proxy, &proc.borrow(), draining);
-                }
-                // A request that comes while the app restarts waits for it a little:
-                // the web tier stops sending here within a health-check interval.
-                if proc.borrow().state != State::Ready {
-                    let ready = tokio::time::timeout(
-                        HOLD,
-                        proc.wait_for(|p| matches!(p.state, State::Ready | State::Stopped)),
-                    )
-                    .await;
-                    if !matches!(ready, Ok(Ok(p)) if p.state == State::Ready) {
-                        let mut resp = proxy.local_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the app is not ready on this node",
-                        );
-                        resp.headers_mut().insert(
-                            hyper::header::RETRY_AFTER,
-                            hyper::header::HeaderValue::from_static("1"),
-                        );
-                        return resp;
-                    }
-                }
-                proxy.forward(req, peer).await
-            }
+            handle(
+                proxy.clone(),
+                proc.clone(),
+                draining.load(Ordering::Relaxed),
+                req,
+                peer,
+            )
         },
         shutdown,
     )
@@ -569,6 +494,91 @@ pub async fn run(
     db_stop_tx.send_replace(true);
     let _ = admin_task.await;
     Ok(())
+}
+
+/// The proxy's pool: the one process, at its address of the moment (a restart moves
+/// it to a new port).
+fn process_pool(
+    name: &str,
+    mut proc: watch::Receiver<Proc>,
+    registry: &mut Registry,
+    mut shutdown: watch::Receiver<bool>,
+) -> Arc<Pool> {
+    let mut current = proc.borrow().addr;
+    let server = |a: SocketAddr| vec![(name.to_string(), a)];
+    let pool = Pool::new(
+        "app",
+        &current.map(server).unwrap_or_default(),
+        None,
+        registry,
+    );
+    let (pool2, name) = (pool.clone(), name.to_string());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = proc.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+            let addr = proc.borrow_and_update().addr;
+            if addr != current {
+                current = addr;
+                if let Some(a) = addr {
+                    pool2.update(&[(name.clone(), a)], hastack_proxy::PoolOptions::default());
+                }
+            }
+        }
+    });
+    pool
+}
+
+/// SIGUSR1 (from `hastack deploy`) sets the flag: the web tier's checks get 503, so it
+/// takes this node out, while requests already sent here are still served.
+fn drain_on_usr1() -> Result<Arc<AtomicBool>, AppHostError> {
+    let draining = Arc::new(AtomicBool::new(false));
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| AppHostError::Config(format!("SIGUSR1: {e}")))?;
+    let flag = draining.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            info!("draining: the web tier's checks now fail here; requests in flight go on");
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    Ok(draining)
+}
+
+/// One request of the web tier: `/healthz` from the process's state, the rest to the
+/// process. A request that comes while the app restarts waits for it a little (the
+/// web tier stops sending here within a health-check interval).
+async fn handle(
+    proxy: Arc<Proxy>,
+    mut proc: watch::Receiver<Proc>,
+    draining: bool,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Response<ProxyBody> {
+    if req.uri().path() == "/healthz" {
+        return front_health(&proxy, &proc.borrow(), draining);
+    }
+    if proc.borrow().state != State::Ready {
+        let ready = tokio::time::timeout(
+            HOLD,
+            proc.wait_for(|p| matches!(p.state, State::Ready | State::Stopped)),
+        )
+        .await;
+        if !matches!(ready, Ok(Ok(p)) if p.state == State::Ready) {
+            let mut resp = proxy.local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app is not ready on this node",
+            );
+            resp.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+            return resp;
+        }
+    }
+    proxy.forward(req, peer).await
 }
 
 /// The web tier's health check: 200 while the app is ready and the node not draining.
