@@ -435,13 +435,8 @@ pub async fn run(
 
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let acceptor = if topo.tls.internal {
-        let tls = hastack_tls::NodeTls::open(topo, node, &mut registry)?;
-        tls.spawn_reloader(shutdown.clone());
-        Some(tls.internal_acceptor()?)
-    } else {
-        None
-    };
+    let acceptor =
+        hastack_tls::NodeTls::internal_acceptor_of(topo, node, &mut registry, shutdown.clone())?;
     let probe = {
         let store = store.clone();
         let name = name.to_string();

@@ -434,13 +434,8 @@ pub async fn run(
     let opts = ProxyOptions::new(name).with_http(&topo.http);
     let proxy = Proxy::new(opts, pool, &mut registry);
 
-    let acceptor = if topo.tls.internal {
-        let tls = hastack_tls::NodeTls::open(topo, node, &mut registry)?;
-        tls.spawn_reloader(shutdown.clone());
-        Some(tls.internal_acceptor()?)
-    } else {
-        None
-    };
+    let acceptor =
+        hastack_tls::NodeTls::internal_acceptor_of(topo, node, &mut registry, shutdown.clone())?;
     let service_addr = SocketAddr::from((node.address, topo.ports.app));
     let listener = bind_tcp(service_addr, "http", false)?;
     let admin_listener = bind_tcp(topo.admin_addr(node), "admin", false)?;

@@ -140,6 +140,23 @@ impl NodeTls {
         Ok(Acceptor::new(config, self.metrics.clone()))
     }
 
+    /// The server side of an app node's hop from the web tier, when `[tls] internal`
+    /// is on (`None` otherwise): the node's certificate kept fresh until `shutdown`,
+    /// and only clients with a certificate of the internal CA.
+    pub fn internal_acceptor_of(
+        topo: &Topology,
+        node: &Node,
+        registry: &mut Registry,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<Acceptor>, TlsError> {
+        if !topo.tls.internal {
+            return Ok(None);
+        }
+        let tls = NodeTls::open(topo, node, registry)?;
+        tls.spawn_reloader(shutdown);
+        Ok(Some(tls.internal_acceptor()?))
+    }
+
     /// Keeps every certificate this node serves or presents current until `shutdown`:
     /// re-issues its own (where the CA key is) every [`RENEW_CHECK`] when due, and
     /// reloads any that changed on disk.
