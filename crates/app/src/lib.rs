@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use hastack_config::{Role, Topology};
 use hastack_runtime::{Admin, BindError, HealthReport, bind_tcp};
-use hastack_status::health::{AppHealth, Health};
+use hastack_status::health::Health;
 use hastack_tls::pki::PkiError;
 
 pub use idempotency::IdempotencyKey;
@@ -294,19 +294,7 @@ async fn health_report(store: &Store, node: &str) -> HealthReport {
     let h = store.health().await;
     HealthReport {
         healthy: h.can_read,
-        body: Health::App(AppHealth {
-            node: node.to_string(),
-            db: store.engine().to_string(),
-            can_read: h.can_read,
-            can_write: h.can_write,
-            primary: h.primary,
-            replicas: h.replicas,
-            problem: h.problem,
-            db_tls: h.db_tls,
-            traffic: store.metrics().traffic.get(),
-            process: None,
-            endpoints: Vec::new(),
-        }),
+        body: Health::App(h.app_health(node, store.engine(), store.metrics().traffic.get())),
     }
 }
 

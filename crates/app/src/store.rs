@@ -214,6 +214,31 @@ pub struct DbHealth {
     pub db_tls: Option<String>,
 }
 
+impl DbHealth {
+    /// The `/healthz` document of app node `node` whose database is `db` (`mariadb`,
+    /// `sqlite`) and that answered `traffic`; no process or endpoints of a team's app.
+    pub fn app_health(
+        self,
+        node: &str,
+        db: &str,
+        traffic: hastack_status::health::Traffic,
+    ) -> hastack_status::health::AppHealth {
+        hastack_status::health::AppHealth {
+            node: node.to_string(),
+            db: db.to_string(),
+            can_read: self.can_read,
+            can_write: self.can_write,
+            primary: self.primary,
+            replicas: self.replicas,
+            problem: self.problem,
+            db_tls: self.db_tls,
+            traffic,
+            process: None,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
 /// Where posts live. Clones share pools, view and counters.
 #[derive(Debug, Clone)]
 pub struct Store {

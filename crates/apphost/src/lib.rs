@@ -633,17 +633,9 @@ async fn health_report(
     HealthReport {
         healthy: p.state == State::Ready,
         body: Health::App(AppHealth {
-            node: node.to_string(),
-            db: engine.into(),
-            can_read: h.can_read,
-            can_write: h.can_write,
-            primary: h.primary,
-            replicas: h.replicas,
-            problem: h.problem,
-            db_tls: h.db_tls,
-            traffic,
             process: Some(process),
             endpoints,
+            ..h.app_health(node, engine, traffic)
         }),
     }
 }
