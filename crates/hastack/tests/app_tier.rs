@@ -675,3 +675,51 @@ fn the_drills_run_against_the_teams_app() {
         }
     }
 }
+
+#[test]
+fn a_bad_app_is_refused_with_its_place_or_its_last_lines() {
+    require_php();
+    // A program that is not installed: `check` and `up` name the file, line and column.
+    let mut stack = Stack::prepare(Options { sqlite: false });
+    let text = std::fs::read_to_string(&stack.config).expect("topology");
+    std::fs::write(
+        &stack.config,
+        format!(
+            "{text}\n[app]\ncommand = [\"no-such-server-hastack\", \"--port\"]\ndir = \"{}\"\n",
+            example().display()
+        ),
+    )
+    .expect("write");
+    let checked = stack.ctl(&["check"]);
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success());
+    assert!(
+        err.contains("hastack.toml:")
+            && err.contains("`no-such-server-hastack` is not found in PATH"),
+        "{err}"
+    );
+    assert!(err.contains("help:"), "{err}");
+
+    // An app that starts but never answers its health path: `up` names the node,
+    // quotes the app's last lines and says what to fix.
+    std::fs::write(
+        &stack.config,
+        format!(
+            "{text}\n[app]\ncommand = [\"sh\", \"-c\", \"echo starting on $PORT; echo 'fatal: no such table: settings' >&2; exec sleep 600\"]\ndir = \"{}\"\nstart_timeout_ms = 2000\n",
+            example().display()
+        ),
+    )
+    .expect("write");
+    stack.spawn_up();
+    let status = stack.wait_exit(Duration::from_secs(240));
+    assert!(!status.success());
+    let out = stack.output();
+    for needle in [
+        "app1",
+        "did not answer /healthz with 2xx",
+        "fatal: no such table: settings",
+        "help: the app must listen on $HOST:$PORT",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+}
