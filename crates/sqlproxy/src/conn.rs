@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use crate::packet::{self, Handshake, HandshakeResponse, MAX_PAYLOAD, NATIVE_PASSWORD, cap, com};
 use crate::response::{Shape, Step, Tracker};
 use crate::session::Session;
-use crate::upstream::{Upstream, UpstreamError, Want, read_packet, write_packet};
+use crate::upstream::{Upstream, Want, read_packet, write_packet};
 use crate::{Endpoint, OpenError};
 
 /// MySQL's error for a statement refused by `read_only`: it surely did not run.
@@ -381,8 +381,7 @@ impl OpenError {
     /// The ERR packet that tells the client.
     pub(crate) fn err_packet(&self) -> Vec<u8> {
         match self {
-            OpenError::Refused(UpstreamError::Refused(_, _, payload)) => payload.clone(),
-            OpenError::Refused(e) => packet::err(1045, "28000", &e.to_string()),
+            OpenError::Refused(err) => err.clone(),
             OpenError::Replay(e) => packet::err(1053, "08S01", e),
             OpenError::NoServer { side, waited, last } => {
                 let what = match side {

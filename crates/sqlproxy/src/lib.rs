@@ -77,8 +77,9 @@ pub struct Routes {
 /// Why a session could not get a server.
 #[derive(Debug)]
 pub enum OpenError {
-    /// The server refused the login (bad database, too many connections…).
-    Refused(UpstreamError),
+    /// The server refused the login (bad database, too many connections…): its ERR
+    /// packet, sent on to the client as it is.
+    Refused(Vec<u8>),
     /// The session's settings could not be replayed on the new server.
     Replay(String),
     /// No server within the wait.
@@ -334,7 +335,7 @@ impl Endpoint {
                         }
                         return Ok(up);
                     }
-                    Err(e @ UpstreamError::Refused(..)) => return Err(OpenError::Refused(e)),
+                    Err(UpstreamError::Refused(_, _, err)) => return Err(OpenError::Refused(err)),
                     Err(e) => {
                         debug!(endpoint = self.side.as_str(), server = %server.name, error = %e, "server connection failed");
                         last = Some(format!("{}: {e}", server.name));
